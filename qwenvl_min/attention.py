@@ -1,0 +1,120 @@
+"""Non-causal attention over segments (the vision tower's attention), torch path and dispatch.
+
+`segment_attention` is the one call site the vision blocks use. It runs the Triton varlen kernel
+(`qwenvl_min.kernels.window_attention`) when the tensors are on CUDA and triton imports, or when
+QWENVL_MIN_KERNELS=1 forces it (CPU tensors then run under TRITON_INTERPRET=1); QWENVL_MIN_KERNELS=0
+forces the torch path. The torch path batches segments of equal length into one SDPA call each, so
+there is no per-window Python loop and no dense N x N mask.
+
+`segment_attention_probs` is the exact path used when a tap asks for attention maps: it materializes
+softmax(q k^T * scale) in fp32 per length group and returns the maps with the output.
+
+Shape legend: N packed tokens, H heads, D head_dim, S_g segments of one length L.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .segments import LengthGroup, Segments
+
+KERNELS_ENV = "QWENVL_MIN_KERNELS"
+
+
+@cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_kernels(device: torch.device) -> bool:
+    """Whether the model's dispatch runs the Triton kernels for tensors on `device`."""
+    forced = os.environ.get(KERNELS_ENV, "").strip()
+    if forced not in ("", "0", "1"):
+        raise ValueError(f"{KERNELS_ENV} must be 0, 1 or unset, got {forced!r}")
+    if forced == "0":
+        return False
+    if forced == "1":
+        if not _triton_available():
+            raise RuntimeError(f"{KERNELS_ENV}=1 forces the Triton kernels but triton is not importable")
+        return True
+    return device.type == "cuda" and _triton_available()
+
+
+def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
+    """(N, H, D) -> (S_g, H, L, D) for one length group (a view when the group is one contiguous run)."""
+    n_seg, length = group.starts.numel(), group.length
+    if group.contiguous:
+        start = int(group.starts[0])
+        x = x[start : start + n_seg * length].view(n_seg, length, *x.shape[1:])
+    else:
+        index = group.starts[:, None] + torch.arange(length, device=x.device)  # (S_g, L)
+        x = x[index]  # (S_g, L, H, D)
+    return x.transpose(1, 2)
+
+
+def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
+    """Write (S_g, H, L, D) results of one group back into the packed (N, H, D) output."""
+    values = values.transpose(1, 2)  # (S_g, L, H, D)
+    if group.contiguous:
+        start = int(group.starts[0])
+        out[start : start + values.shape[0] * group.length] = values.reshape(-1, *values.shape[2:])
+    else:
+        index = group.starts[:, None] + torch.arange(group.length, device=out.device)
+        out[index.reshape(-1)] = values.reshape(-1, *values.shape[2:])
+
+
+def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
+    """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D)."""
+    if len(segments.groups) == 1 and segments.groups[0].contiguous and segments.groups[0].length == q.shape[0]:
+        # one segment covering everything (a single image in a full-attention block): no copies
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale)
+        return out.transpose(0, 1)
+    out = q.new_empty(q.shape)
+    for group in segments.groups:
+        values = F.scaled_dot_product_attention(
+            _gather_group(q, group), _gather_group(k, group), _gather_group(v, group), scale=scale
+        )  # (S_g, H, L, D)
+        _scatter_group(out, values, group)
+    return out
+
+
+def segment_attention_probs(
+    q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float
+) -> tuple[Tensor, list[Tensor]]:
+    """Exact attention that also returns the maps: output (N, H, D) and, per length group, the fp32
+    probabilities (S_g, H, L, L) in the order of `segments.groups`."""
+    out = q.new_empty(q.shape)
+    maps = []
+    for group in segments.groups:
+        qg, kg, vg = (_gather_group(x, group) for x in (q, k, v))
+        scores = torch.matmul(qg.float(), kg.float().transpose(-1, -2)) * scale  # (S_g, H, L, L)
+        probs = scores.softmax(dim=-1)
+        _scatter_group(out, torch.matmul(probs.to(vg.dtype), vg), group)
+        maps.append(probs)
+    return out, maps
+
+
+def attention_from_probs(v: Tensor, segments: Segments, maps: list[Tensor]) -> Tensor:
+    """Output (N, H, D) of segment attention given (possibly replaced) per-group probability maps."""
+    out = v.new_empty(v.shape)
+    for group, probs in zip(segments.groups, maps):
+        _scatter_group(out, torch.matmul(probs.to(v.dtype), _gather_group(v, group)), group)
+    return out
+
+
+def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
+    """Dispatch: Triton varlen kernel or the torch path (see module docstring)."""
+    if use_kernels(q.device):
+        from .kernels import window_attention
+
+        return window_attention(q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale)
+    return segment_attention_torch(q, k, v, segments, scale)

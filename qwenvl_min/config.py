@@ -1,0 +1,355 @@
+"""Model configuration: frozen dataclasses, presets, and the only code that knows HF config spellings.
+
+`Config.from_hf` accepts both published (flat: text fields at the top level, `rope_scaling`) and
+transformers-5 saved (nested `text_config` / `vision_config`, `rope_parameters`) config.json dicts for
+Qwen2-VL and Qwen2.5-VL. Fields that decide shapes or numerics must be present: HF's *class defaults*
+differ from the released checkpoints (e.g. Qwen2.5-VL vision hidden_size 3584 vs 1280, tokens_per_second
+4 vs 2, rms_norm_eps 1e-5 vs 1e-6), so we never fill those in silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class ConfigError(ValueError):
+    """A config dict cannot describe a Qwen2-VL / Qwen2.5-VL model."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    family: str  # "qwen2_vl" (LayerNorm, QuickGELU MLP, full attention) or "qwen2_5_vl" (RMSNorm, SwiGLU, windows)
+    depth: int
+    width: int  # ViT width D
+    num_heads: int
+    mlp_hidden: int  # fc1 width (qwen2_vl) or SwiGLU width (qwen2_5_vl)
+    out_width: int  # merger output = LLM width
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    in_channels: int = 3
+    window_size: int = 112  # pixels; qwen2_5_vl only
+    fullatt_block_indexes: tuple[int, ...] = ()  # qwen2_5_vl only
+    tokens_per_second: float = 2.0  # qwen2_5_vl video time scale for M-RoPE
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"vision family must be one of {FAMILIES}, got {self.family!r}")
+        if self.width % self.num_heads or (self.width // self.num_heads) % 4:
+            raise ConfigError(
+                f"vision width {self.width} / heads {self.num_heads} must give a head_dim divisible by 4 "
+                "(2D rotary splits it into row and column halves)"
+            )
+        unit = self.patch_size * self.merge_size
+        if self.family == "qwen2_5_vl" and (self.window_size % unit or self.window_size < unit):
+            raise ConfigError(f"window_size {self.window_size} px must be a positive multiple of {unit} px")
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ConfigError(f"fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per pixel_values row: C * T * P * P (1176 for the released models)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def window_merged(self) -> int:
+        """Window side in merged tokens (112 px / 14 / 2 = 4)."""
+        return self.window_size // (self.patch_size * self.merge_size)
+
+    def is_full_attention(self, block: int) -> bool:
+        return self.family == "qwen2_vl" or block in self.fullatt_block_indexes
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    rms_norm_eps: float
+    rope_theta: float
+    mrope_section: tuple[int, ...]
+    tie_word_embeddings: bool
+    max_position_embeddings: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"text hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"text heads {self.num_heads} are not a multiple of kv heads {self.num_kv_heads}")
+        if len(self.mrope_section) != 3 or sum(self.mrope_section) * 2 != self.head_dim:
+            raise ConfigError(
+                f"mrope_section {list(self.mrope_section)} must have 3 parts summing to head_dim/2 = "
+                f"{self.head_dim // 2}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class Config:
+    model_type: str  # "qwen2_vl" or "qwen2_5_vl"
+    vision: VisionConfig
+    text: TextConfig
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    bos_token_id: int = 151643
+    eos_token_id: int = 151645
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in FAMILIES:
+            raise ConfigError(f"model_type must be one of {FAMILIES}, got {self.model_type!r}")
+        if self.vision.family != self.model_type:
+            raise ConfigError(f"vision family {self.vision.family!r} does not match model_type {self.model_type!r}")
+        if self.vision.out_width != self.text.hidden_size:
+            raise ConfigError(
+                f"merger output width {self.vision.out_width} must equal the text hidden_size {self.text.hidden_size}"
+            )
+        special = [self.image_token_id, self.video_token_id, self.vision_start_token_id, self.vision_end_token_id]
+        if max(special) >= self.text.vocab_size:
+            raise ConfigError(f"special token ids {special} must be below vocab_size {self.text.vocab_size}")
+
+    # ---- HF config.json ------------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> Config:
+        """Build from a Qwen2-VL / Qwen2.5-VL config.json dict, flat (published) or nested (transformers 5)."""
+        if not isinstance(config, dict):
+            raise ConfigError(f"expected a config.json dict, got {type(config).__name__}")
+        model_type = config.get("model_type")
+        if model_type not in FAMILIES:
+            raise ConfigError(
+                f"unsupported model_type {model_type!r}: qwenvl-min handles {FAMILIES} "
+                "(Qwen2-VL and Qwen2.5-VL checkpoints)"
+            )
+        text_src = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+        vision_src = config.get("vision_config")
+        if not isinstance(vision_src, dict):
+            raise ConfigError("config has no vision_config dict")
+        text = _text_from_hf(text_src, config)
+        vision = _vision_from_hf(model_type, vision_src)
+        ids = {
+            key: int(config.get(key, text_src.get(key, default)))
+            for key, default in (
+                ("image_token_id", 151655),
+                ("video_token_id", 151656),
+                ("vision_start_token_id", 151652),
+                ("vision_end_token_id", 151653),
+                ("bos_token_id", 151643),
+                ("eos_token_id", 151645),
+            )
+        }
+        return cls(model_type=model_type, vision=vision, text=text, **ids)
+
+    def to_hf(self) -> dict[str, Any]:
+        """A transformers-5 (nested) config.json dict that `Qwen2VLConfig` / `Qwen2_5_VLConfig` load."""
+        v, t = self.vision, self.text
+        vision: dict[str, Any] = {
+            "model_type": f"{self.model_type}_vision",
+            "depth": v.depth,
+            "num_heads": v.num_heads,
+            "in_channels": v.in_channels,
+            "patch_size": v.patch_size,
+            "spatial_merge_size": v.merge_size,
+            "temporal_patch_size": v.temporal_patch_size,
+        }
+        if self.model_type == "qwen2_vl":
+            vision.update(embed_dim=v.width, hidden_size=v.out_width, mlp_ratio=v.mlp_hidden / v.width,
+                          hidden_act="quick_gelu")
+        else:
+            vision.update(hidden_size=v.width, intermediate_size=v.mlp_hidden, out_hidden_size=v.out_width,
+                          hidden_act="silu", window_size=v.window_size,
+                          fullatt_block_indexes=list(v.fullatt_block_indexes),
+                          tokens_per_second=v.tokens_per_second)
+        text = {
+            "model_type": f"{self.model_type}_text",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_layers,
+            "num_attention_heads": t.num_heads,
+            "num_key_value_heads": t.num_kv_heads,
+            "hidden_act": "silu",
+            "rms_norm_eps": t.rms_norm_eps,
+            "max_position_embeddings": t.max_position_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
+                                "mrope_section": list(t.mrope_section)},
+            "tie_word_embeddings": t.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+        }
+        return {
+            "model_type": self.model_type,
+            "architectures": [
+                "Qwen2VLForConditionalGeneration" if self.model_type == "qwen2_vl"
+                else "Qwen2_5_VLForConditionalGeneration"
+            ],
+            "text_config": text,
+            "vision_config": vision,
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "tie_word_embeddings": t.tie_word_embeddings,
+        }
+
+    # ---- our own config.json (converted checkpoints) -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        try:
+            vision = dict(data["vision"])
+            vision["fullatt_block_indexes"] = tuple(vision.get("fullatt_block_indexes", ()))
+            text = dict(data["text"])
+            text["mrope_section"] = tuple(text["mrope_section"])
+            rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
+            return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **rest)
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"not a qwenvl-min config dict ({err}); was it written by our converter?") from err
+
+    # ---- presets -------------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> Config:
+        """Architecture presets: the released sizes and tiny ones for tests and the demo."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name](), name=name)
+
+
+def _require(src: dict[str, Any], key: str, where: str) -> Any:
+    if key not in src or src[key] is None:
+        raise ConfigError(f"config field {key!r} is missing from {where}; it is needed to build the model")
+    return src[key]
+
+
+def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
+    where = "text config"
+    if src.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"text hidden_act {src['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
+    if src.get("use_sliding_window"):
+        raise ConfigError("use_sliding_window=true is not supported (no released Qwen2-VL checkpoint uses it)")
+    rope = src.get("rope_parameters") or {}
+    scaling = src.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", src.get("rope_theta"))
+    section = rope.get("mrope_section", scaling.get("mrope_section"))
+    if theta is None:
+        raise ConfigError(f"config field 'rope_theta' is missing from the {where} (rope_parameters or top level)")
+    if section is None:
+        raise ConfigError(f"config field 'mrope_section' is missing from the {where} (rope_parameters/rope_scaling)")
+    heads = int(_require(src, "num_attention_heads", where))
+    tie = root.get("tie_word_embeddings", src.get("tie_word_embeddings", False))
+    if not tie and src.get("tie_word_embeddings"):
+        tie = True  # pre-v5 layout kept the flag on the text config
+    return TextConfig(
+        vocab_size=int(_require(src, "vocab_size", where)),
+        hidden_size=int(_require(src, "hidden_size", where)),
+        intermediate_size=int(_require(src, "intermediate_size", where)),
+        num_layers=int(_require(src, "num_hidden_layers", where)),
+        num_heads=heads,
+        num_kv_heads=int(src.get("num_key_value_heads") or heads),
+        rms_norm_eps=float(_require(src, "rms_norm_eps", where)),
+        rope_theta=float(theta),
+        mrope_section=tuple(int(s) for s in section),
+        tie_word_embeddings=bool(tie),
+        max_position_embeddings=int(src.get("max_position_embeddings", 32768)),
+    )
+
+
+def _vision_from_hf(model_type: str, src: dict[str, Any]) -> VisionConfig:
+    where = "vision_config"
+    common = dict(
+        depth=int(_require(src, "depth", where)),
+        num_heads=int(_require(src, "num_heads", where)),
+        patch_size=int(src.get("patch_size", 14)),
+        temporal_patch_size=int(src.get("temporal_patch_size", 2)),
+        merge_size=int(src.get("spatial_merge_size", 2)),
+        in_channels=int(src.get("in_channels", src.get("in_chans", 3))),
+        rope_theta=float((src.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+    )
+    if model_type == "qwen2_vl":
+        if src.get("hidden_act", "quick_gelu") != "quick_gelu":
+            raise ConfigError(f"Qwen2-VL vision hidden_act {src['hidden_act']!r} is not supported (quick_gelu)")
+        width = int(_require(src, "embed_dim", where))
+        return VisionConfig(
+            family=model_type,
+            width=width,
+            mlp_hidden=int(width * float(src.get("mlp_ratio", 4))),
+            out_width=int(_require(src, "hidden_size", where)),  # Qwen2-VL: hidden_size = merger output
+            **common,
+        )
+    if src.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"Qwen2.5-VL vision hidden_act {src['hidden_act']!r} is not supported (silu)")
+    return VisionConfig(
+        family=model_type,
+        width=int(_require(src, "hidden_size", where)),  # Qwen2.5-VL: hidden_size = ViT width
+        mlp_hidden=int(_require(src, "intermediate_size", where)),
+        out_width=int(_require(src, "out_hidden_size", where)),
+        window_size=int(_require(src, "window_size", where)),
+        fullatt_block_indexes=tuple(int(i) for i in _require(src, "fullatt_block_indexes", where)),
+        tokens_per_second=float(_require(src, "tokens_per_second", where)),
+        **common,
+    )
+
+
+def _released(family: str, layers: int, hidden: int, mlp: int, heads: int, kv: int, vocab: int, tied: bool,
+              vision_mlp: int) -> Config:
+    vision = VisionConfig(
+        family=family, depth=32, width=1280, num_heads=16, mlp_hidden=vision_mlp, out_width=hidden,
+        fullatt_block_indexes=(7, 15, 23, 31) if family == "qwen2_5_vl" else (),
+    )
+    text = TextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_layers=layers, num_heads=heads,
+        num_kv_heads=kv, rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(16, 24, 24), tie_word_embeddings=tied,
+        max_position_embeddings=32768 if family == "qwen2_vl" else 128000,
+    )
+    return Config(model_type=family, vision=vision, text=text)
+
+
+# Tiny models keep every structural feature of the real ones (GQA, full-attention blocks at
+# non-trivial indexes, several windows per frame, a non-uniform mrope_section) at test-friendly widths.
+_TINY_IDS = dict(bos_token_id=250, eos_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
+                 image_token_id=254, video_token_id=255)
+
+
+def _tiny(family: str, tied: bool) -> Config:
+    vision = VisionConfig(
+        family=family, depth=4, width=64, num_heads=4,
+        mlp_hidden=256 if family == "qwen2_vl" else 96, out_width=64,
+        fullatt_block_indexes=(1, 3) if family == "qwen2_5_vl" else (),
+    )
+    text = TextConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
+        rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(2, 3, 3), tie_word_embeddings=tied,
+    )
+    return Config(model_type=family, vision=vision, text=text, **_TINY_IDS)
+
+
+PRESETS = {
+    "qwen2-vl-2b": lambda: _released("qwen2_vl", 28, 1536, 8960, 12, 2, 151936, True, 5120),
+    "qwen2-vl-7b": lambda: _released("qwen2_vl", 28, 3584, 18944, 28, 4, 152064, False, 5120),
+    "qwen2-vl-72b": lambda: _released("qwen2_vl", 80, 8192, 29568, 64, 8, 152064, False, 5120),
+    "qwen2.5-vl-3b": lambda: _released("qwen2_5_vl", 36, 2048, 11008, 16, 2, 151936, True, 3420),
+    "qwen2.5-vl-7b": lambda: _released("qwen2_5_vl", 28, 3584, 18944, 28, 4, 152064, False, 3420),
+    "qwen2.5-vl-72b": lambda: _released("qwen2_5_vl", 80, 8192, 29568, 64, 8, 152064, False, 3456),
+    "tiny-qwen2-vl": lambda: _tiny("qwen2_vl", tied=True),
+    "tiny-qwen2.5-vl": lambda: _tiny("qwen2_5_vl", tied=False),
+}
