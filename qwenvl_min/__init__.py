@@ -1,5 +1,21 @@
 """qwenvl-min: a small, readable PyTorch + Triton reimplementation of Qwen2-VL and Qwen2.5-VL."""
 
 from .config import Config, ConfigError, TextConfig, VisionConfig
+from .model import ForwardOutput, QwenVL
+from .positions import get_rope_index
+from .taps import SegmentMaps, Taps, tap_names
+from .text import KVCache
 
-__all__ = ["Config", "ConfigError", "TextConfig", "VisionConfig"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ForwardOutput",
+    "KVCache",
+    "QwenVL",
+    "SegmentMaps",
+    "Taps",
+    "TextConfig",
+    "VisionConfig",
+    "get_rope_index",
+    "tap_names",
+]

@@ -1,10 +1,8 @@
-"""Non-causal attention over segments (the vision tower's attention), torch path and dispatch.
+"""Non-causal attention over segments (the vision tower's attention): the torch path.
 
-`segment_attention` is the one call site the vision blocks use. It runs the Triton varlen kernel
-(`qwenvl_min.kernels.window_attention`) when the tensors are on CUDA and triton imports, or when
-QWENVL_MIN_KERNELS=1 forces it (CPU tensors then run under TRITON_INTERPRET=1); QWENVL_MIN_KERNELS=0
-forces the torch path. The torch path batches segments of equal length into one SDPA call each, so
-there is no per-window Python loop and no dense N x N mask.
+Segments of equal length are batched into one SDPA call each (`Segments.groups`), so there is no
+per-window Python loop and no dense N x N mask. `qwenvl_min.dispatch.segment_attention` chooses between
+this and the Triton kernel.
 
 `segment_attention_probs` is the exact path used when a tap asks for attention maps: it materializes
 softmax(q k^T * scale) in fp32 per length group and returns the maps with the output.
@@ -14,39 +12,11 @@ Shape legend: N packed tokens, H heads, D head_dim, S_g segments of one length L
 
 from __future__ import annotations
 
-import os
-from functools import cache
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .segments import LengthGroup, Segments
-
-KERNELS_ENV = "QWENVL_MIN_KERNELS"
-
-
-@cache
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def use_kernels(device: torch.device) -> bool:
-    """Whether the model's dispatch runs the Triton kernels for tensors on `device`."""
-    forced = os.environ.get(KERNELS_ENV, "").strip()
-    if forced not in ("", "0", "1"):
-        raise ValueError(f"{KERNELS_ENV} must be 0, 1 or unset, got {forced!r}")
-    if forced == "0":
-        return False
-    if forced == "1":
-        if not _triton_available():
-            raise RuntimeError(f"{KERNELS_ENV}=1 forces the Triton kernels but triton is not importable")
-        return True
-    return device.type == "cuda" and _triton_available()
 
 
 def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
@@ -74,9 +44,15 @@ def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
 
 def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
     """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D)."""
-    if len(segments.groups) == 1 and segments.groups[0].contiguous and segments.groups[0].length == q.shape[0]:
+    if (
+        len(segments.groups) == 1
+        and segments.groups[0].contiguous
+        and segments.groups[0].length == q.shape[0]
+    ):
         # one segment covering everything (a single image in a full-attention block): no copies
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale
+        )
         return out.transpose(0, 1)
     out = q.new_empty(q.shape)
     for group in segments.groups:
@@ -109,12 +85,3 @@ def attention_from_probs(v: Tensor, segments: Segments, maps: list[Tensor]) -> T
     for group, probs in zip(segments.groups, maps):
         _scatter_group(out, torch.matmul(probs.to(v.dtype), _gather_group(v, group)), group)
     return out
-
-
-def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
-    """Dispatch: Triton varlen kernel or the torch path (see module docstring)."""
-    if use_kernels(q.device):
-        from .kernels import window_attention
-
-        return window_attention(q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale)
-    return segment_attention_torch(q, k, v, segments, scale)

@@ -87,9 +87,13 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"text hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+            raise ConfigError(
+                f"text hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"text heads {self.num_heads} are not a multiple of kv heads {self.num_kv_heads}")
+            raise ConfigError(
+                f"text heads {self.num_heads} are not a multiple of kv heads {self.num_kv_heads}"
+            )
         if len(self.mrope_section) != 3 or sum(self.mrope_section) * 2 != self.head_dim:
             raise ConfigError(
                 f"mrope_section {list(self.mrope_section)} must have 3 parts summing to head_dim/2 = "
@@ -118,12 +122,19 @@ class Config:
         if self.model_type not in FAMILIES:
             raise ConfigError(f"model_type must be one of {FAMILIES}, got {self.model_type!r}")
         if self.vision.family != self.model_type:
-            raise ConfigError(f"vision family {self.vision.family!r} does not match model_type {self.model_type!r}")
+            raise ConfigError(
+                f"vision family {self.vision.family!r} does not match model_type {self.model_type!r}"
+            )
         if self.vision.out_width != self.text.hidden_size:
             raise ConfigError(
                 f"merger output width {self.vision.out_width} must equal the text hidden_size {self.text.hidden_size}"
             )
-        special = [self.image_token_id, self.video_token_id, self.vision_start_token_id, self.vision_end_token_id]
+        special = [
+            self.image_token_id,
+            self.video_token_id,
+            self.vision_start_token_id,
+            self.vision_end_token_id,
+        ]
         if max(special) >= self.text.vocab_size:
             raise ConfigError(f"special token ids {special} must be below vocab_size {self.text.vocab_size}")
 
@@ -171,13 +182,26 @@ class Config:
             "temporal_patch_size": v.temporal_patch_size,
         }
         if self.model_type == "qwen2_vl":
-            vision.update(embed_dim=v.width, hidden_size=v.out_width, mlp_ratio=v.mlp_hidden / v.width,
-                          hidden_act="quick_gelu")
+            if v.mlp_hidden % v.width:
+                raise ConfigError(
+                    f"Qwen2-VL's config stores mlp_ratio as an int; {v.mlp_hidden}/{v.width} is not one"
+                )
+            vision.update(
+                embed_dim=v.width,
+                hidden_size=v.out_width,
+                mlp_ratio=v.mlp_hidden // v.width,
+                hidden_act="quick_gelu",
+            )
         else:
-            vision.update(hidden_size=v.width, intermediate_size=v.mlp_hidden, out_hidden_size=v.out_width,
-                          hidden_act="silu", window_size=v.window_size,
-                          fullatt_block_indexes=list(v.fullatt_block_indexes),
-                          tokens_per_second=v.tokens_per_second)
+            vision.update(
+                hidden_size=v.width,
+                intermediate_size=v.mlp_hidden,
+                out_hidden_size=v.out_width,
+                hidden_act="silu",
+                window_size=v.window_size,
+                fullatt_block_indexes=list(v.fullatt_block_indexes),
+                tokens_per_second=_int_if_integral(v.tokens_per_second),
+            )
         text = {
             "model_type": f"{self.model_type}_text",
             "vocab_size": t.vocab_size,
@@ -189,8 +213,11 @@ class Config:
             "hidden_act": "silu",
             "rms_norm_eps": t.rms_norm_eps,
             "max_position_embeddings": t.max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
-                                "mrope_section": list(t.mrope_section)},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": t.rope_theta,
+                "mrope_section": list(t.mrope_section),
+            },
             "tie_word_embeddings": t.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
@@ -198,7 +225,8 @@ class Config:
         return {
             "model_type": self.model_type,
             "architectures": [
-                "Qwen2VLForConditionalGeneration" if self.model_type == "qwen2_vl"
+                "Qwen2VLForConditionalGeneration"
+                if self.model_type == "qwen2_vl"
                 else "Qwen2_5_VLForConditionalGeneration"
             ],
             "text_config": text,
@@ -224,7 +252,9 @@ class Config:
             rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
             return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **rest)
         except (KeyError, TypeError) as err:
-            raise ConfigError(f"not a qwenvl-min config dict ({err}); was it written by our converter?") from err
+            raise ConfigError(
+                f"not a qwenvl-min config dict ({err}); was it written by our converter?"
+            ) from err
 
     # ---- presets -------------------------------------------------------------------------------------
     @classmethod
@@ -233,6 +263,10 @@ class Config:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name](), name=name)
+
+
+def _int_if_integral(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x  # HF's strict config types want an int here
 
 
 def _require(src: dict[str, Any], key: str, where: str) -> Any:
@@ -246,15 +280,21 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
     if src.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"text hidden_act {src['hidden_act']!r} is not supported (Qwen2 uses 'silu')")
     if src.get("use_sliding_window"):
-        raise ConfigError("use_sliding_window=true is not supported (no released Qwen2-VL checkpoint uses it)")
+        raise ConfigError(
+            "use_sliding_window=true is not supported (no released Qwen2-VL checkpoint uses it)"
+        )
     rope = src.get("rope_parameters") or {}
     scaling = src.get("rope_scaling") or {}
     theta = rope.get("rope_theta", src.get("rope_theta"))
     section = rope.get("mrope_section", scaling.get("mrope_section"))
     if theta is None:
-        raise ConfigError(f"config field 'rope_theta' is missing from the {where} (rope_parameters or top level)")
+        raise ConfigError(
+            f"config field 'rope_theta' is missing from the {where} (rope_parameters or top level)"
+        )
     if section is None:
-        raise ConfigError(f"config field 'mrope_section' is missing from the {where} (rope_parameters/rope_scaling)")
+        raise ConfigError(
+            f"config field 'mrope_section' is missing from the {where} (rope_parameters/rope_scaling)"
+        )
     heads = int(_require(src, "num_attention_heads", where))
     tie = root.get("tie_word_embeddings", src.get("tie_word_embeddings", False))
     if not tie and src.get("tie_word_embeddings"):
@@ -287,7 +327,9 @@ def _vision_from_hf(model_type: str, src: dict[str, Any]) -> VisionConfig:
     )
     if model_type == "qwen2_vl":
         if src.get("hidden_act", "quick_gelu") != "quick_gelu":
-            raise ConfigError(f"Qwen2-VL vision hidden_act {src['hidden_act']!r} is not supported (quick_gelu)")
+            raise ConfigError(
+                f"Qwen2-VL vision hidden_act {src['hidden_act']!r} is not supported (quick_gelu)"
+            )
         width = int(_require(src, "embed_dim", where))
         return VisionConfig(
             family=model_type,
@@ -310,15 +352,37 @@ def _vision_from_hf(model_type: str, src: dict[str, Any]) -> VisionConfig:
     )
 
 
-def _released(family: str, layers: int, hidden: int, mlp: int, heads: int, kv: int, vocab: int, tied: bool,
-              vision_mlp: int) -> Config:
+def _released(
+    family: str,
+    layers: int,
+    hidden: int,
+    mlp: int,
+    heads: int,
+    kv: int,
+    vocab: int,
+    tied: bool,
+    vision_mlp: int,
+) -> Config:
     vision = VisionConfig(
-        family=family, depth=32, width=1280, num_heads=16, mlp_hidden=vision_mlp, out_width=hidden,
+        family=family,
+        depth=32,
+        width=1280,
+        num_heads=16,
+        mlp_hidden=vision_mlp,
+        out_width=hidden,
         fullatt_block_indexes=(7, 15, 23, 31) if family == "qwen2_5_vl" else (),
     )
     text = TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_layers=layers, num_heads=heads,
-        num_kv_heads=kv, rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(16, 24, 24), tie_word_embeddings=tied,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        mrope_section=(16, 24, 24),
+        tie_word_embeddings=tied,
         max_position_embeddings=32768 if family == "qwen2_vl" else 128000,
     )
     return Config(model_type=family, vision=vision, text=text)
@@ -326,19 +390,37 @@ def _released(family: str, layers: int, hidden: int, mlp: int, heads: int, kv: i
 
 # Tiny models keep every structural feature of the real ones (GQA, full-attention blocks at
 # non-trivial indexes, several windows per frame, a non-uniform mrope_section) at test-friendly widths.
-_TINY_IDS = dict(bos_token_id=250, eos_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
-                 image_token_id=254, video_token_id=255)
+_TINY_IDS = dict(
+    bos_token_id=250,
+    eos_token_id=251,
+    vision_start_token_id=252,
+    vision_end_token_id=253,
+    image_token_id=254,
+    video_token_id=255,
+)
 
 
 def _tiny(family: str, tied: bool) -> Config:
     vision = VisionConfig(
-        family=family, depth=4, width=64, num_heads=4,
-        mlp_hidden=256 if family == "qwen2_vl" else 96, out_width=64,
+        family=family,
+        depth=4,
+        width=64,
+        num_heads=4,
+        mlp_hidden=256 if family == "qwen2_vl" else 96,
+        out_width=64,
         fullatt_block_indexes=(1, 3) if family == "qwen2_5_vl" else (),
     )
     text = TextConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
-        rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(2, 3, 3), tie_word_embeddings=tied,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        mrope_section=(2, 3, 3),
+        tie_word_embeddings=tied,
     )
     return Config(model_type=family, vision=vision, text=text, **_TINY_IDS)
 

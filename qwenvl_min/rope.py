@@ -63,8 +63,16 @@ def vision_patch_coordinates(grid_thw: Tensor, merge_size: int) -> Tensor:
     """
     coords = []
     for t, h, w in grid_thw.tolist():
-        rows = torch.arange(h).view(h // merge_size, merge_size, 1, 1).expand(-1, -1, w // merge_size, merge_size)
-        cols = torch.arange(w).view(1, 1, w // merge_size, merge_size).expand(h // merge_size, merge_size, -1, -1)
+        rows = (
+            torch.arange(h)
+            .view(h // merge_size, merge_size, 1, 1)
+            .expand(-1, -1, w // merge_size, merge_size)
+        )
+        cols = (
+            torch.arange(w)
+            .view(1, 1, w // merge_size, merge_size)
+            .expand(h // merge_size, merge_size, -1, -1)
+        )
         # (bh, mh, bw, mw) -> (bh, bw, mh, mw): merge-block order
         rows = rows.permute(0, 2, 1, 3).reshape(-1)
         cols = cols.permute(0, 2, 1, 3).reshape(-1)
@@ -72,7 +80,9 @@ def vision_patch_coordinates(grid_thw: Tensor, merge_size: int) -> Tensor:
     return torch.cat(coords)
 
 
-def vision_rotary_table(grid_thw: Tensor, head_dim: int, theta: float, merge_size: int) -> tuple[Tensor, Tensor]:
+def vision_rotary_table(
+    grid_thw: Tensor, head_dim: int, theta: float, merge_size: int
+) -> tuple[Tensor, Tensor]:
     """cos/sin (N, D/2) fp32 for the vision tower, in input row order."""
     inv_freq = inverse_frequencies(head_dim // 2, theta)  # (D/4,)
     coords = vision_patch_coordinates(grid_thw, merge_size).to(torch.float32)  # (N, 2)
@@ -92,5 +102,7 @@ def mrope_table(
     axis_of_freq = torch.repeat_interleave(
         torch.arange(3, device=positions.device), torch.tensor(mrope_section, device=positions.device)
     )  # (R,)
-    angles = angles.gather(0, axis_of_freq.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(0)  # (B, T, R)
+    angles = angles.gather(0, axis_of_freq.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(
+        0
+    )  # (B, T, R)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -51,14 +51,18 @@ class Segments:
         for n in lengths:
             starts.append(total)
             total += n
-        cu = torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32)
+        cu = torch.tensor(
+            [0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32
+        )
         by_length: dict[int, list[int]] = {}
         for start, n in zip(starts, lengths):
             by_length.setdefault(n, []).append(start)
         groups = []
         for n, group_starts in sorted(by_length.items(), reverse=True):
             contiguous = all(b - a == n for a, b in zip(group_starts, group_starts[1:]))
-            groups.append(LengthGroup(n, torch.tensor(group_starts, dtype=torch.int64, device=device), contiguous))
+            groups.append(
+                LengthGroup(n, torch.tensor(group_starts, dtype=torch.int64, device=device), contiguous)
+            )
         return Segments(cu.to(device), tuple(lengths), tuple(groups))
 
 

@@ -42,8 +42,10 @@ _HF_TO_OURS: tuple[tuple[str, str], ...] = (
     (r"^visual\.merger\.ln_q\.(weight|bias)$", r"visual.merger.norm.\1"),
     (r"^visual\.merger\.mlp\.0\.(weight|bias)$", r"visual.merger.fc1.\1"),
     (r"^visual\.merger\.mlp\.2\.(weight|bias)$", r"visual.merger.fc2.\1"),
-    (r"^visual\.blocks\.(\d+)\.((?:norm1|norm2|attn\.qkv|attn\.proj|mlp\.\w+)\.(?:weight|bias))$",
-     r"visual.blocks.\1.\2"),
+    (
+        r"^visual\.blocks\.(\d+)\.((?:norm1|norm2|attn\.qkv|attn\.proj|mlp\.\w+)\.(?:weight|bias))$",
+        r"visual.blocks.\1.\2",
+    ),
     (r"^model\.embed_tokens\.weight$", "text.embed_tokens.weight"),
     (r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj\.(?:weight|bias))$", r"text.layers.\1.attn.\2"),
     (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"text.layers.\1.attn_norm.weight"),
@@ -112,7 +114,9 @@ def hf_tensor_to_ours(our_key: str, tensor: Tensor) -> Tensor:
 def our_tensor_to_hf(config: Config, our_key: str, tensor: Tensor) -> Tensor:
     if our_key == PATCH_EMBED_KEY:
         v = config.vision
-        return tensor.reshape(tensor.shape[0], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+        return tensor.reshape(
+            tensor.shape[0], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size
+        )
     return tensor
 
 
@@ -131,20 +135,30 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
         shapes[p + "attn.proj.weight"] = (v.width, v.width)
         shapes[p + "attn.proj.bias"] = (v.width,)
         if v.family == "qwen2_vl":
-            shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (v.mlp_hidden, v.width), (v.mlp_hidden,)
+            shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (
+                (v.mlp_hidden, v.width),
+                (v.mlp_hidden,),
+            )
             shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (v.width, v.mlp_hidden), (v.width,)
         else:
             for name in ("gate_proj", "up_proj"):
-                shapes[p + f"mlp.{name}.weight"], shapes[p + f"mlp.{name}.bias"] = (v.mlp_hidden, v.width), (
-                    v.mlp_hidden,
+                shapes[p + f"mlp.{name}.weight"], shapes[p + f"mlp.{name}.bias"] = (
+                    (v.mlp_hidden, v.width),
+                    (v.mlp_hidden,),
                 )
-            shapes[p + "mlp.down_proj.weight"], shapes[p + "mlp.down_proj.bias"] = (v.width, v.mlp_hidden), (v.width,)
+            shapes[p + "mlp.down_proj.weight"], shapes[p + "mlp.down_proj.bias"] = (
+                (v.width, v.mlp_hidden),
+                (v.width,),
+            )
     merged = v.width * v.merge_size**2
     shapes["visual.merger.norm.weight"] = (v.width,)
     if v.family == "qwen2_vl":
         shapes["visual.merger.norm.bias"] = (v.width,)
     shapes["visual.merger.fc1.weight"], shapes["visual.merger.fc1.bias"] = (merged, merged), (merged,)
-    shapes["visual.merger.fc2.weight"], shapes["visual.merger.fc2.bias"] = (v.out_width, merged), (v.out_width,)
+    shapes["visual.merger.fc2.weight"], shapes["visual.merger.fc2.bias"] = (
+        (v.out_width, merged),
+        (v.out_width,),
+    )
 
     q_width, kv_width = t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
     shapes["text.embed_tokens.weight"] = (t.vocab_size, t.hidden_size)
@@ -153,7 +167,10 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
         shapes[p + "attn_norm.weight"] = (t.hidden_size,)
         shapes[p + "mlp_norm.weight"] = (t.hidden_size,)
         for name, width in (("q_proj", q_width), ("k_proj", kv_width), ("v_proj", kv_width)):
-            shapes[p + f"attn.{name}.weight"], shapes[p + f"attn.{name}.bias"] = (width, t.hidden_size), (width,)
+            shapes[p + f"attn.{name}.weight"], shapes[p + f"attn.{name}.bias"] = (
+                (width, t.hidden_size),
+                (width,),
+            )
         shapes[p + "attn.o_proj.weight"] = (t.hidden_size, q_width)
         shapes[p + "mlp.gate_proj.weight"] = (t.intermediate_size, t.hidden_size)
         shapes[p + "mlp.up_proj.weight"] = (t.intermediate_size, t.hidden_size)
@@ -166,12 +183,18 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
 
 def check_state_dict(config: Config, state: Mapping[str, Tensor]) -> None:
     """Raise MappingError naming every missing, unexpected or mis-shaped key of our state dict."""
+    check_shapes(config, {k: tuple(v.shape) for k, v in state.items()})
+
+
+def check_shapes(config: Config, shapes: Mapping[str, tuple[int, ...]], what: str = "state dict") -> None:
+    """`check_state_dict` on shapes alone, so files can be checked from their headers before any read."""
     expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong = sorted(
-        f"{k}: {tuple(state[k].shape)} != {expected[k]}" for k in set(expected) & set(state)
-        if tuple(state[k].shape) != expected[k]
+        f"{k}: {tuple(shapes[k])} != {expected[k]}"
+        for k in set(expected) & set(shapes)
+        if tuple(shapes[k]) != expected[k]
     )
     problems = []
     if missing:
@@ -181,7 +204,7 @@ def check_state_dict(config: Config, state: Mapping[str, Tensor]) -> None:
     if wrong:
         problems.append(f"shapes that do not match the config {_preview(wrong)}")
     if problems:
-        raise MappingError("state dict does not match the config: " + "; ".join(problems))
+        raise MappingError(f"{what} does not match the config: " + "; ".join(problems))
 
 
 def _preview(items: list[str], limit: int = 12) -> str:

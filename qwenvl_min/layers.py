@@ -1,0 +1,56 @@
+"""Small building blocks shared by the vision tower and the decoder: norms and MLPs.
+
+Shape legend: ... any leading dims, D model width, F MLP hidden width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """y = w * cast(x / sqrt(mean(x^2) + eps)): statistics in fp32, and the normalized value is cast back
+    to the input dtype *before* the weight multiply (the order the checkpoints were trained with; it is
+    what makes bf16 results bit-identical to the reference)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU used by Qwen2-VL's (CLIP-style) ViT."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class QuickGeluMLP(nn.Module):
+    """Qwen2-VL vision MLP: fc2(quick_gelu(fc1(x))), D -> F -> D, with biases."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(quick_gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)); biased in the Qwen2.5-VL ViT, bias-free in the Qwen2 decoder."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

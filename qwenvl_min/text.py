@@ -1,0 +1,176 @@
+"""Qwen2 decoder with M-RoPE: embeddings, pre-norm layers (GQA attention, SwiGLU MLP), final RMSNorm.
+
+Shape legend: B batch, T new tokens, K = past + new tokens (keys), E width, H query heads,
+G kv heads (H a multiple of G), Dh head dim (128 in released models), R = Dh/2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import dispatch
+from .config import TextConfig
+from .layers import RMSNorm, SwiGLU
+from .rope import mrope_table
+from .taps import Taps
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, owned and passed by the caller.
+
+    Stored as (B, K, G, Dh) per layer; `update` appends the new tokens and returns the full history.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[Tensor | None] = [None] * num_layers
+        self.values: list[Tensor | None] = [None] * num_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat((self.keys[layer], k), dim=1)
+            v = torch.cat((self.values[layer], v), dim=1)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: torch.device) -> Tensor | None:
+    """Boolean (B, 1, T, K) mask 'query may attend key' for causal attention over past + new tokens,
+    or None when plain causal attention (no padding, no past) is enough.
+
+    Query i sits at sequence index total - new + i. Padded queries would see no key at all (a NaN row in
+    softmax), so every query may always see itself; those rows are discarded by the caller anyway.
+    """
+    if key_valid is None and total == new:
+        return None
+    query_index = torch.arange(total - new, total, device=device)[:, None]  # (T, 1)
+    key_index = torch.arange(total, device=device)[None, :]  # (1, K)
+    allowed = key_index <= query_index  # (T, K)
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, None, :].bool()  # (B, 1, T, K)
+        allowed = allowed | (key_index == query_index)
+    else:
+        allowed = allowed[None, None]
+    return allowed
+
+
+class TextAttention(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+        )
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        layer: int,
+        cache: KVCache | None,
+        maps_tap: tuple[Taps, str] | None,
+    ) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, G, Dh)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        q, k = dispatch.rotary(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, G, Dh)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or K, Dh)
+        scale = self.head_dim**-0.5
+        if maps_tap is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, scale=scale, enable_gqa=True
+            )
+        else:
+            out = self._attention_with_maps(q, k, v, mask, scale, *maps_tap)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, H*Dh)
+
+    def _attention_with_maps(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, taps: Taps, name: str
+    ) -> Tensor:
+        """Exact attention that materializes fp32 probabilities (B, H, T, K) for a tap."""
+        groups = self.num_heads // self.num_kv_heads
+        k = k.repeat_interleave(groups, dim=1)  # query head i uses kv head i // groups
+        v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, T, K)
+        if mask is None:
+            t, kk = q.shape[2], k.shape[2]
+            mask = torch.ones(t, kk, dtype=torch.bool, device=q.device).tril(kk - t)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = taps(name, scores.softmax(dim=-1))
+        return torch.matmul(probs.to(v.dtype), v)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = TextAttention(config)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        layer: int,
+        cache: KVCache | None,
+        maps_tap: tuple[Taps, str] | None,
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, maps_tap)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TextModel(nn.Module):
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        embeds: Tensor,
+        positions: Tensor,
+        key_valid: Tensor | None = None,
+        cache: KVCache | None = None,
+        taps: Taps | None = None,
+    ) -> Tensor:
+        """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E)."""
+        cfg = self.config
+        b, t, _ = embeds.shape
+        past = 0 if cache is None else cache.length
+        cos, sin = mrope_table(
+            positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, embeds.dtype
+        )  # (B, T, R)
+        mask = attention_mask_4d(key_valid, t, past + t, embeds.device)
+        x = embeds
+        if taps is not None:
+            x = taps("text.embed", x)
+        for i, layer in enumerate(self.layers):
+            maps_name = f"text.layers.{i}.attn.probs"
+            maps_tap = (taps, maps_name) if taps is not None and taps.active(maps_name) else None
+            x = layer(x, cos, sin, mask, i, cache, maps_tap)
+            if taps is not None:
+                x = taps(f"text.layers.{i}", x)
+        x = self.norm(x)
+        if taps is not None:
+            x = taps("text.norm", x)
+        return x

@@ -1,0 +1,141 @@
+"""Checkpoint directories on disk: file names, our config.json and manifest, and finding the weights.
+
+Shared by the converter (both directions) and `qwenvl_min.load`. A directory holds `config.json` and
+either one `model.safetensors` or shards listed in `model.safetensors.index.json` (the HF convention;
+our converted checkpoints always use an index). Converted checkpoints also carry `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError
+from .safetensors_io import Header, SafetensorsFormatError, TensorInfo, read_header
+
+FORMAT = "qwenvl-min"  # marker in our config.json and in every manifest.json
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+CONVERT_HINT = "python -m qwenvl_min.weights_convert HF_CHECKPOINT_DIR_OR_HUB_ID OUTPUT_DIR"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or a conversion request is unusable; the message says why and what to do."""
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"model-{index:05d}-of-{count:05d}.safetensors"
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); it should be the {what}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} should hold a JSON object ({what}), found {type(data).__name__}")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def is_converted(config_json: dict[str, Any]) -> bool:
+    return config_json.get("format") == FORMAT
+
+
+def our_config_json(config: Config) -> dict[str, Any]:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, **config.to_dict()}
+
+
+def read_our_config(directory: Path) -> Config:
+    """Config of a converted checkpoint; explains how to convert when handed something else."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory} is not a directory. qwenvl_min.load expects a checkpoint converted with "
+            f"`{CONVERT_HINT}`"
+        )
+    data = read_json(directory / CONFIG_FILE, "the model config")
+    if not is_converted(data):
+        kind = "a Hugging Face checkpoint" if "model_type" in data else "not a qwenvl-min checkpoint"
+        raise CheckpointError(
+            f'{directory} is {kind} (its config.json has no "format": "{FORMAT}" marker). '
+            f"Convert it first: `python -m qwenvl_min.weights_convert {directory} OUTPUT_DIR`, then load "
+            "OUTPUT_DIR; or build a model in memory with QwenVL.from_hf(config, state_dict)"
+        )
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory} has format_version {data.get('format_version')!r}; this qwenvl-min reads "
+            f"{FORMAT_VERSION}. Re-convert it from the Hugging Face checkpoint"
+        )
+    fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    try:
+        return Config.from_dict(fields)
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
+
+
+def scan_weights(directory: Path) -> dict[str, tuple[Path, TensorInfo]]:
+    """Every tensor key with its file and (dtype, shape, offsets), checking the index against the shards.
+
+    Reads headers only. Errors name the missing shard, the keys the index places in the wrong shard,
+    or keys a shard holds that the index does not list (strictness: nothing is silently ignored).
+    """
+    index_path = directory / INDEX_FILE
+    if index_path.is_file():
+        index = read_json(index_path, "the shard index")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f'{index_path} has no "weight_map" naming the shard of each tensor')
+        by_file: dict[str, list[str]] = {}
+        for key, name in weight_map.items():
+            by_file.setdefault(str(name), []).append(key)
+        found: dict[str, tuple[Path, TensorInfo]] = {}
+        for name, keys in by_file.items():
+            if Path(name).name != name:
+                raise CheckpointError(f"{index_path} names shard {name!r} outside the checkpoint directory")
+            if not (directory / name).is_file():
+                raise CheckpointError(
+                    f"shard {name} named in {index_path} is missing ({len(keys)} tensors, e.g. {keys[0]!r}); "
+                    "the download or copy is incomplete"
+                )
+            held = _header(directory / name).tensors
+            absent = sorted(k for k in keys if k not in held)
+            extra = sorted(set(held) - set(keys))
+            if absent:
+                raise CheckpointError(
+                    f"{index_path} places keys in {name} that the shard does not hold: {preview(absent)}"
+                )
+            if extra:
+                raise CheckpointError(f"{name} holds keys that {index_path} does not list: {preview(extra)}")
+            found.update((key, (directory / name, held[key])) for key in keys)
+        return {key: found[key] for key in weight_map}  # index order
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        return {key: (single, info) for key, info in _header(single).tensors.items()}
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")) or any(directory.glob("*.pth")):
+        raise CheckpointError(
+            f"{directory} holds only pickle-based weights (.bin/.pt), which qwenvl-min never unpickles. "
+            "Re-save them as safetensors with transformers (from_pretrained(...).save_pretrained(dir)) first"
+        )
+    raise CheckpointError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _header(path: Path) -> Header:
+    try:
+        return read_header(path)
+    except SafetensorsFormatError as err:
+        raise CheckpointError(f"{err}. Re-download or re-create this file") from err
+
+
+def preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
