@@ -1,0 +1,282 @@
+"""Vision tower speed and memory: ours (torch path) vs transformers (sdpa, eager), same weights.
+
+Real-size towers (Qwen2.5-VL-7B and Qwen2-VL-7B: depth 32, width 1280, 16 heads) with random weights,
+images of 448x448 and 896x896 (plus 1344x1344 on a GPU). Every implementation runs in this one process,
+alternating, on the same weight tensors (ours is loaded from HF's state dict without copying).
+Reported per (tower, size, implementation): median forward time, ratio to HF sdpa, peak memory above
+the pre-forward baseline (RSS sampled every 2 ms on CPU; CUDA peak allocator stats on GPU), and the
+roofline fraction = matmul FLOPs of the tower / (time x fp32 GEMM rate measured here on the same
+Linear shapes). "ours+maps" requests the attention maps of one full-attention block through the taps;
+HF can only produce maps on its eager path.
+
+    python benchmarks/bench_vision_tower.py                 # both towers, 448 and 896, 2 repetitions
+    python benchmarks/bench_vision_tower.py --sizes 448 --reps 3 --towers qwen2.5-vl-7b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from qwenvl_min import Config
+from qwenvl_min.vision import VisionTower
+from qwenvl_min.weights_convert import hf_key_to_ours
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class PeakMemory:
+    """Peak memory above the baseline during a `with` block (CPU: sampled RSS; CUDA: allocator peak)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_bytes = device, 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base, self._max, self._stop = self._rss(), 0, threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self._max = max(self._max, self._rss())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._base
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self._max, self._rss()) - self._base
+
+
+def build_towers(preset: str, device: torch.device) -> tuple[torch.nn.Module, VisionTower, Config]:
+    import transformers
+
+    config = Config.preset(preset)
+    hf_vision = config.to_hf()["vision_config"]
+    if config.model_type == "qwen2_vl":
+        hf_cfg = transformers.Qwen2VLVisionConfig(**hf_vision)
+        hf_cls = transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel
+    else:
+        hf_cfg = transformers.Qwen2_5_VLVisionConfig(**hf_vision)
+        hf_cls = transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel
+    hf_cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    hf = hf_cls(hf_cfg).to(device).eval()
+    state = {hf_key_to_ours("visual." + k): v for k, v in hf.state_dict().items()}
+    state = {
+        k.removeprefix("visual."): v.reshape(v.shape[0], -1) if k == "visual.patch_embed.weight" else v
+        for k, v in state.items()
+        if k is not None
+    }
+    with torch.device("meta"):
+        ours = VisionTower(config.vision)
+    ours.load_state_dict(state, strict=True, assign=True)  # shares HF's tensors: no second copy
+    return hf, ours.eval(), config
+
+
+def matmul_flops(config: Config, grid: torch.Tensor) -> float:
+    """Linear-layer and attention (q k^T, p v) multiply-add FLOPs of one tower forward."""
+    v = config.vision
+    n = int(grid.prod(dim=1).sum())
+    d, f = v.width, v.mlp_hidden
+    mlp = 2 * n * d * f * (2 if v.family == "qwen2_vl" else 3)
+    per_block_linear = 2 * n * d * 3 * d + 2 * n * d * d + mlp
+    frame = int(grid[0, 1] * grid[0, 2])
+    full_l2 = n * frame  # sum over frame segments of L^2 (one frame per image here)
+    window_l2 = sum(size * size for size in _window_sizes(config, grid))
+    attention = 0
+    for block in range(v.depth):
+        attention += 4 * d * (full_l2 if v.is_full_attention(block) else window_l2)
+    merged = d * v.merge_size**2
+    merger = 2 * (n // 4) * merged * merged + 2 * (n // 4) * merged * v.out_width
+    return v.depth * per_block_linear + attention + merger + 2 * n * v.patch_dim * d
+
+
+def _window_sizes(config: Config, grid: torch.Tensor) -> list[int]:
+    from qwenvl_min.segments import window_layout
+
+    return window_layout(grid, config.vision.window_merged, config.vision.merge_size)[1]
+
+
+def gemm_rate(config: Config, n: int, device: torch.device, reps: int = 3) -> float:
+    """fp32 FLOP/s of torch Linear on the tower's own shapes (a proxy for the machine's GEMM roofline)."""
+    v = config.vision
+    shapes = [
+        (n, v.width, 3 * v.width),
+        (n, v.width, v.width),
+        (n, v.width, v.mlp_hidden),
+        (n, v.mlp_hidden, v.width),
+    ]
+    flops, seconds = 0.0, 0.0
+    for m, k, o in shapes:
+        x, w, b = (
+            torch.randn(m, k, device=device),
+            torch.randn(o, k, device=device),
+            torch.randn(o, device=device),
+        )
+        torch.nn.functional.linear(x, w, b)
+        for _ in range(reps):
+            _sync(device)
+            start = time.perf_counter()
+            torch.nn.functional.linear(x, w, b)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            flops += 2 * m * k * o
+    return flops / seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, device) -> tuple[float, int]:
+    full_block = next(i for i in range(config.vision.depth) if config.vision.is_full_attention(i))
+    with torch.inference_mode(), PeakMemory(device) as mem:
+        _sync(device)
+        start = time.perf_counter()
+        if impl == "ours":
+            ours(pixels, grid)
+        elif impl == "ours+maps":
+            from qwenvl_min.taps import Taps
+
+            taps = Taps(config, read=[f"vision.blocks.{full_block}.attn.probs"])
+            ours.run(pixels, grid, taps)
+        else:
+            hf.set_attn_implementation(impl.removeprefix("hf-"))
+            hf(pixels, grid_thw=grid)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    return elapsed, mem.peak_bytes
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "commit": commit or "unknown",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--towers", default="qwen2.5-vl-7b,qwen2-vl-7b")
+    parser.add_argument("--sizes", default=None, help="image sides in pixels (default 448,896; +1344 on GPU)")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--impls", default="ours,hf-sdpa,hf-eager,ours+maps")
+    parser.add_argument("--out", type=Path, default=RESULTS / "vision_tower.json")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = [
+        int(s) for s in (args.sizes or ("448,896,1344" if device.type == "cuda" else "448,896")).split(",")
+    ]
+    impls = args.impls.split(",")
+    rows = []
+    print(f"device: {device_name(device)}; torch {torch.__version__}")
+    for preset in args.towers.split(","):
+        hf, ours, config = build_towers(preset, device)
+        for side in sizes:
+            patches = side // config.vision.patch_size
+            grid = torch.tensor([[1, patches, patches]])
+            torch.manual_seed(1)
+            pixels = torch.randn(patches * patches, config.vision.patch_dim, device=device)
+            small = torch.tensor([[1, 8, 8]])
+            for impl in impls:  # warm-up on a small input
+                run_once(
+                    impl,
+                    hf,
+                    ours,
+                    config,
+                    torch.randn(64, config.vision.patch_dim, device=device),
+                    small,
+                    device,
+                )
+            times: dict[str, list[float]] = {i: [] for i in impls}
+            peaks: dict[str, list[int]] = {i: [] for i in impls}
+            for _ in range(args.reps):
+                for impl in impls:
+                    t, peak = run_once(impl, hf, ours, config, pixels, grid, device)
+                    times[impl].append(t)
+                    peaks[impl].append(peak)
+            flops = matmul_flops(config, grid)
+            rate = gemm_rate(config, patches * patches, device)
+            base = statistics.median(times["hf-sdpa"]) if "hf-sdpa" in times else None
+            plain = statistics.median(times["ours"]) if "ours" in times else None
+            for impl in impls:
+                t = statistics.median(times[impl])
+                row = {
+                    "tower": preset,
+                    "image": f"{side}x{side}",
+                    "patches": patches * patches,
+                    "impl": impl,
+                    "seconds": t,
+                    "all_seconds": times[impl],
+                    "ratio_vs_hf_sdpa": t / base if base else None,
+                    "ratio_vs_ours_plain": t / plain if plain else None,
+                    "peak_mem_above_baseline_gb": max(peaks[impl]) / 2**30,
+                    "matmul_gflop": flops / 1e9,
+                    "gemm_gflops_measured": rate / 1e9,
+                    "roofline_fraction": flops / (t * rate),
+                }
+                rows.append(row)
+                print(
+                    f"{preset:14s} {side:5d}px {impl:10s} {t:8.2f} s  x{row['ratio_vs_hf_sdpa'] or 0:5.2f} vs hf-sdpa  "
+                    f"peak +{row['peak_mem_above_baseline_gb']:.2f} GB  roofline {row['roofline_fraction']:.2f}"
+                )
+        del hf, ours
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"device": device_name(device), **versions(), "rows": rows}, indent=2) + "\n"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
