@@ -106,7 +106,7 @@ def _open_image_file(path: str | os.PathLike) -> Image.Image:
         raise IsADirectoryError(f"expected an image file, got a directory: {path!r}")
     try:
         image = Image.open(path)
-        image.load()  # Image.open is lazy; decode now so truncated files fail here, with the path in the message
+        image.load()  # Image.open is lazy: decode now, so a truncated file fails here with its path named
     except UnidentifiedImageError:
         raise ValueError(f"{path!r} is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
     except OSError as e:
@@ -144,7 +144,8 @@ def load_rgb(image: ImageInput) -> Image.Image:
         image = _array_to_pil(image)
     elif not isinstance(image, Image.Image):
         raise TypeError(
-            f"unsupported image type {type(image).__name__}; pass a PIL image, a uint8 numpy array or a file path"
+            f"unsupported image type {type(image).__name__}; pass a PIL image, a uint8 numpy array or a "
+            "file path"
         )
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image is empty: {image.width}x{image.height} (w x h)")
@@ -305,9 +306,10 @@ def sample_frame_indices(
             f"cannot sample {n} frames from a {total_frames}-frame video (frame counts are multiples of "
             f"{temporal_patch_size}); pass a different num_frames/sample_fps, or neither to keep every frame"
         )
-    # HF computes this in torch fp32 (`torch.arange(0, total, total / n).int()`); do the same so that the
-    # rare index where fp32 and fp64 steps truncate differently agrees.
-    return torch.arange(0, total_frames, total_frames / n).int().numpy()
+    # HF computes `torch.arange(0, total, total / n).int()` in fp32; we do the same so every index agrees.
+    # fp32 rounding sometimes makes that arange one step longer, its last index equal to `total` (out of
+    # range; HF's PyAV reader then silently keeps n frames). Keep the first n.
+    return torch.arange(0, total_frames, total_frames / n).int().numpy()[:n]
 
 
 def _decode_frames(av, path: str, wanted: set[int]) -> tuple[list[np.ndarray], int]:
@@ -384,11 +386,12 @@ def preprocess_video(
     video processor silently assumes 24 fps when given frames without metadata (4.x assumed 2), which sets
     `second_per_grid_ts` = 2/24 and squeezes Qwen2.5-VL's temporal positions; we refuse to guess.
 
-    Sampling follows HF (`sample_frame_indices`): by default every frame is kept (HF's `do_sample_frames=False`);
-    `sample_fps` keeps about that many frames per second, `num_frames` a fixed count. Frames are resized to
-    one `smart_resize` size with HF's *video* budget (128·28² to 768·28² pixels per frame, so small videos are
-    upscaled), the count is padded to a multiple of the temporal patch by repeating the last frame, and
-    `second_per_grid_ts` = temporal_patch_size / sampled fps, with sampled fps = kept / total · fps.
+    Sampling follows HF (`sample_frame_indices`): by default every frame is kept (as HF's default
+    `do_sample_frames=False`); `sample_fps` keeps about that many frames per second, `num_frames` a fixed
+    count. Frames are resized to one `smart_resize` size with HF's *video* budget (128·28² to 768·28² pixels
+    per frame, so small videos are upscaled), the count is padded to a multiple of the temporal patch by
+    repeating the last frame, and `second_per_grid_ts` = temporal_patch_size / sampled fps, with sampled
+    fps = kept / total · fps.
     To batch several videos, concatenate the outputs (`concat_outputs`).
     """
     _check_budget(min_pixels, max_pixels, patch_size, merge_size)
