@@ -1,6 +1,7 @@
 """qwenvl-min: a small, readable PyTorch + Triton reimplementation of Qwen2-VL and Qwen2.5-VL."""
 
 from .config import Config, ConfigError, TextConfig, VisionConfig
+from .load import load
 from .model import ForwardOutput, QwenVL
 from .positions import get_rope_index
 from .taps import SegmentMaps, Taps, tap_names
@@ -17,5 +18,6 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "get_rope_index",
+    "load",
     "tap_names",
 ]

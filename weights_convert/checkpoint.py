@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
-from .safetensors_io import Header, SafetensorsFormatError, TensorInfo, read_header
+from .safetensors_io import Header, SafetensorsFormatError, TensorInfo, file_sha256, read_header
 
 FORMAT = "qwenvl-min"  # marker in our config.json and in every manifest.json
 FORMAT_VERSION = 1
@@ -139,3 +139,24 @@ def _header(path: Path) -> Header:
 def preview(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
+
+
+def verify_manifest(directory: Path) -> dict[str, Any]:
+    """Check every shard against the sha256 recorded at conversion; returns the manifest."""
+    manifest = read_json(directory / MANIFEST_FILE, "the conversion manifest written with the shards")
+    records = manifest.get("shards")
+    if not isinstance(records, list) or not records:
+        raise CheckpointError(f"{directory / MANIFEST_FILE} lists no shards; re-convert the checkpoint")
+    missing, changed = [], []
+    for record in records:
+        path = directory / str(record.get("file"))
+        if not path.is_file():
+            missing.append(path.name)
+        elif file_sha256(path) != record.get("sha256"):
+            changed.append(path.name)
+    if missing or changed:
+        raise CheckpointError(
+            f"{directory} does not match its manifest: missing shards {missing}, shards whose sha256 changed "
+            f"{changed}. The copy is incomplete or corrupt; copy or convert it again"
+        )
+    return manifest

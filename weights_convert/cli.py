@@ -1,0 +1,73 @@
+"""`python -m qwenvl_min.weights_convert SRC DST [--to-hf] [--dtype D] [--shard-size S] [--force]`.
+
+`add_arguments` / `run` let the `qwenvl-min convert` subcommand reuse the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .checkpoint import CheckpointError
+from .convert import DEFAULT_SHARD_SIZE, DTYPE_CHOICES, convert_checkpoint, export_to_hf
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", help="HF checkpoint directory or hub id (with --to-hf: a qwenvl-min checkpoint)"
+    )
+    parser.add_argument("dst", help="output directory (must not exist unless --force)")
+    parser.add_argument(
+        "--to-hf",
+        "--reverse",
+        dest="to_hf",
+        action="store_true",
+        help="convert a qwenvl-min checkpoint back to the Hugging Face layout (transformers from_pretrained)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help=f"cast floating weights to one of {', '.join(DTYPE_CHOICES)} (default: keep)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        default=DEFAULT_SHARD_SIZE,
+        help="largest output shard, e.g. 5GB (default), 2GiB, 500MB or a byte count",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace DST if it is an earlier conversion output"
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (default: shown on a terminal)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    action = export_to_hf if args.to_hf else convert_checkpoint
+    try:
+        out = action(
+            args.src,
+            args.dst,
+            dtype=args.dtype,
+            shard_size=args.shard_size,
+            force=args.force,
+            progress=args.progress,
+        )
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qwenvl_min.weights_convert",
+        description="Convert Qwen2-VL / Qwen2.5-VL checkpoints between the Hugging Face layout and qwenvl-min's.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
