@@ -128,13 +128,25 @@ class QwenVL(nn.Module):
     def _check_token_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None
     ) -> None:
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        if (
+            not isinstance(input_ids, Tensor)
+            or input_ids.dim() != 2
+            or input_ids.dtype.is_floating_point
+            or input_ids.dtype.is_complex
+            or input_ids.dtype == torch.bool
+        ):
             got = (
                 f"{input_ids.dtype} {tuple(input_ids.shape)}"
                 if isinstance(input_ids, Tensor)
                 else type(input_ids)
             )
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, tokens), got {got}")
+        vocab = self.config.text.vocab_size
+        if bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # else nn.Embedding's "index out of range"
+            raise ValueError(
+                f"input_ids must be token ids in [0, {vocab}) (vocab_size), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
         if attention_mask is not None:
             past = 0 if cache is None else cache.length
             expected = (input_ids.shape[0], past + input_ids.shape[1])

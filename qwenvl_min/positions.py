@@ -44,7 +44,16 @@ def get_rope_index(
     merge = config.vision.merge_size
     images = [] if image_grid_thw is None else image_grid_thw.tolist()
     videos = [] if video_grid_thw is None else video_grid_thw.tolist()
+    if config.model_type == "qwen2_vl" and second_per_grid_ts is not None:
+        raise ValueError(
+            "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
+        )
     if config.model_type == "qwen2_5_vl":
+        if second_per_grid_ts is not None and torch.as_tensor(second_per_grid_ts).dim() != 1:
+            raise ValueError(
+                "second_per_grid_ts must be one value per video, shape (videos,), got shape "
+                f"{tuple(torch.as_tensor(second_per_grid_ts).shape)}"
+            )
         seconds = (
             [1.0] * len(videos)
             if second_per_grid_ts is None
