@@ -1,1 +1,17 @@
-"""Triton kernels (installed as `qwenvl_min.kernels`)."""
+"""Triton kernels (installed as `qwenvl_min.kernels`).
+
+Calling these functions always runs the Triton kernels: compiled for CUDA tensors, interpreted for CPU
+tensors when TRITON_INTERPRET=1 was set before this package was imported. The model's dispatch
+(`qwenvl_min.dispatch.use_kernels`) is what chooses between them and the torch references.
+
+- `apply_rotary(q, k, cos, sin, *, inplace=False)`: rotate-half rotary (vision 2D-RoPE and M-RoPE);
+  torch reference `qwenvl_min.rope.apply_rotary`.
+- `window_attention(q, k, v, cu_seqlens, max_seqlen=None, scale=None, *, return_lse=False)`: non-causal
+  attention within the segments of `cu_seqlens` (windows and per-frame segments); torch reference
+  `qwenvl_min.attention.segment_attention_torch`.
+"""
+
+from .rotary import apply_rotary
+from .window_attention import window_attention
+
+__all__ = ["apply_rotary", "window_attention"]

@@ -58,5 +58,8 @@ def segment_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale
     if use_kernels(q.device):
         from .kernels import window_attention
 
-        return window_attention(q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale)
+        # Segments builds a valid cu_seqlens, so skip the launcher's checks (each costs a device sync)
+        return window_attention(
+            q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale, validate=False
+        )
     return segment_attention_torch(q, k, v, segments, scale)

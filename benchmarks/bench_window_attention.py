@@ -1,0 +1,199 @@
+"""Benchmark `qwenvl_min.kernels.window_attention` on Qwen2.5-VL-7B vision attention layers.
+
+    python benchmarks/bench_window_attention.py [--quick] [--out PATH]
+
+Layers: one image of 448/896/1344 px (32^2 / 64^2 / 96^2 patches), 16 heads x 80, bf16, either a window
+layer (segments = 8x8-patch windows, <= 64 tokens, edge windows smaller) or a full layer (one segment per
+frame). Providers:
+  ours-triton          the public call as the model makes it (validates cu_seqlens: one host sync)
+  ours-triton-nosync   validate=False with max_seqlen given (the kernel alone)
+  torch                `qwenvl_min.attention.segment_attention_torch` (one SDPA call per length group)
+  hf-per-window        transformers' non-flash vision path: split by segment, one SDPA call each
+  torch-varlen-flash   PyTorch's own FlashAttention-2 varlen kernel (torch.nn.attention.varlen.varlen_attn,
+                       or the aten op on older torch)
+  flash-attn           flash_attn_varlen_func, when the flash-attn package imports
+Metrics: median microseconds; GB/s counting q, k, v read and the output written once; effective TFLOP/s
+= 4 * sum(L^2) * D * H / time (head_dim 80, no padding counted). Window layers are memory bound (read
+GB/s), full layers compute bound (read TFLOP/s). A fwd+bwd row set is timed for ours and torch.
+Without CUDA it runs a correctness-only quick mode (tiny shapes, the Triton interpreter, no timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _common import bench_us, environment, print_table, use_interpreter_without_cuda, write_results
+
+use_interpreter_without_cuda()
+
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+
+from qwenvl_min.attention import segment_attention_torch  # noqa: E402
+from qwenvl_min.kernels import window_attention  # noqa: E402
+from qwenvl_min.segments import Segments, frame_lengths, window_layout  # noqa: E402
+
+HEADS, HEAD_DIM = 16, 80
+SCALE = HEAD_DIM**-0.5
+
+
+def layer_case(px: int, layer: str, dtype: torch.dtype, device: str, heads: int = HEADS) -> dict:
+    side = px // 14
+    grid = torch.tensor([[1, side, side]])
+    lengths = (
+        window_layout(grid, window_merged=4, merge_size=2)[1] if layer == "window" else frame_lengths(grid)
+    )
+    n = sum(lengths)
+    qkv = torch.randn(n, 3, heads, HEAD_DIM, device=device, dtype=dtype)  # fused projection output
+    q, k, v = qkv.unbind(1)
+    return dict(
+        name=f"{layer} {px}px ({n} tok, {len(lengths)} seg)", layer=layer, q=q, k=k, v=v, lengths=lengths,
+        segments=Segments.from_lengths(lengths, device=device),
+    )  # fmt: skip
+
+
+def _hf_per_window(q, k, v, lengths):
+    module = torch.nn.Module()
+    module.is_causal = False
+    splits = [torch.split(x.transpose(0, 1).unsqueeze(0), lengths, dim=2) for x in (q, k, v)]
+    outs = [
+        sdpa_attention_forward(module, a, b, c, None, scaling=SCALE, is_causal=False)[0]
+        for a, b, c in zip(*splits)
+    ]
+    return torch.cat(outs, dim=1)[0]
+
+
+# The baselines below run with their default softmax scale, D^-0.5 = SCALE (older signatures lack the
+# keyword), and non-causal by default.
+
+
+def _torch_varlen() -> Callable | None:
+    """PyTorch's FlashAttention-2 varlen kernel (CUDA only)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+
+        return lambda q, k, v, cu, m: varlen_attn(q, k, v, cu, cu, m, m)
+    except ImportError:
+        pass
+    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    if op is None:
+        return None
+    return lambda q, k, v, cu, m: op(q, k, v, cu, cu, m, m, 0.0, False, False)[0]
+
+
+def _flash_attn() -> Callable | None:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return lambda q, k, v, cu, m: flash_attn_varlen_func(q, k, v, cu, cu, m, m)
+
+
+def providers(case: dict, cuda: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    q, k, v, seg = case["q"], case["k"], case["v"], case["segments"]
+    cu, longest = seg.cu_seqlens, seg.max_len
+    out = {
+        "ours-triton": lambda: window_attention(q, k, v, cu, max_seqlen=longest, scale=SCALE),
+        "ours-triton-nosync": lambda: window_attention(q, k, v, cu, longest, SCALE, validate=False),
+        "torch": lambda: segment_attention_torch(q, k, v, seg, SCALE),
+        "hf-per-window": lambda: _hf_per_window(q, k, v, case["lengths"]),
+    }
+    if cuda:
+        for name, make in (("torch-varlen-flash", _torch_varlen), ("flash-attn", _flash_attn)):
+            fn = make()
+            if fn is not None:
+                # these kernels want contiguous (N, H, D) inputs: copy once, outside the timed region
+                qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+                out[name] = lambda fn=fn, qc=qc, kc=kc, vc=vc: fn(qc, kc, vc, cu, longest)
+    return out
+
+
+def _fwd_bwd(fn: Callable[..., torch.Tensor], case: dict) -> Callable[[], None]:
+    leaves = [case[x].detach().clone().requires_grad_() for x in "qkv"]
+    grad = torch.randn_like(case["q"])
+
+    def step():
+        torch.autograd.grad(fn(*leaves), leaves, grad)
+
+    return step
+
+
+def run(cases: list[dict], timed: bool, cuda: bool) -> list[dict]:
+    rows = []
+    for case in cases:
+        q = case["q"]
+        n, heads, head_dim = q.shape
+        flops = 4 * sum(n_seg**2 for n_seg in case["lengths"]) * head_dim * heads
+        io_bytes = 4 * n * heads * head_dim * q.element_size()
+        expected = segment_attention_torch(
+            q.float(), case["k"].float(), case["v"].float(), case["segments"], SCALE
+        )
+        for name, fn in providers(case, cuda).items():
+            row = dict(
+                case=case["name"], provider=name, direction="fwd", dtype=str(q.dtype).removeprefix("torch.")
+            )
+            try:
+                row["max_abs_diff"] = (fn().float() - expected).abs().max().item()
+                if timed:
+                    row["us"] = bench_us(fn)
+                    row["GB/s"] = io_bytes / row["us"] / 1e3
+                    row["TFLOP/s"] = flops / row["us"] / 1e6
+            except Exception as error:  # a baseline failing is reported in its row, not hidden
+                row["error"] = f"{type(error).__name__}: {error}"
+            rows.append(row)
+        if timed:
+            seg = case["segments"]
+            backward = {
+                "ours-triton": lambda q, k, v, seg=seg: window_attention(
+                    q, k, v, seg.cu_seqlens, seg.max_len, SCALE
+                ),
+                "torch": lambda q, k, v, seg=seg: segment_attention_torch(q, k, v, seg, SCALE),
+            }
+            for name, fn in backward.items():
+                us = bench_us(_fwd_bwd(fn, case))
+                tflops = 3.5 * flops / us / 1e6  # the backward does 2.5x the forward's matmul flops
+                row = dict(case=case["name"], provider=name, direction="fwd+bwd", dtype=row["dtype"], us=us)
+                rows.append({**row, "TFLOP/s": tflops})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="correctness only, tiny shapes (default on CPU)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default benchmarks/results/window_attention-<device>.json)"
+    )
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    quick = args.quick or not cuda
+    torch.manual_seed(0)
+    if quick:
+        print("QUICK MODE: correctness only (tiny shapes, Triton interpreter on CPU), no timings")
+        device = "cuda" if cuda else "cpu"
+        cases = [
+            layer_case(252, layer, torch.float32, device, heads=2) for layer in ("window", "full")
+        ]  # edge windows
+    else:
+        cases = [
+            layer_case(px, layer, torch.bfloat16, "cuda")
+            for px in (448, 896, 1344)
+            for layer in ("window", "full")
+        ]
+    rows = run(cases, timed=not quick, cuda=cuda)
+    columns = ["case", "provider", "direction", "dtype", "us", "GB/s", "TFLOP/s", "max_abs_diff", "error"]
+    print_table(rows, columns)
+    if not quick or args.out:
+        mode = "quick" if quick else "timed"
+        print("wrote", write_results("window_attention", rows, environment(), mode=mode, path=args.out))
+    # ours against the fp32 reference: fp32 tolerance, or ~2 bf16 ulps at |out| <= ~4 (flash rule scale)
+    limit = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+    ours = [r for r in rows if r["provider"].startswith("ours") and r["direction"] == "fwd"]
+    bad = [r for r in ours if "error" in r or r["max_abs_diff"] > limit[r["dtype"]]]
+    if bad:
+        raise SystemExit(f"our kernel disagrees with the reference: {bad}")
+
+
+if __name__ == "__main__":
+    main()
