@@ -1,0 +1,88 @@
+"""Building blocks bit for bit against transformers in bf16: the operation order (cast before the weight
+multiply in RMSNorm, activation-dtype M-RoPE tables, fp32 vision rotary) is what makes bf16 results
+identical, and a tolerance-based parity test cannot see a few-ulp difference there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.activations import ACT2FN
+from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
+
+from qwenvl_min.layers import RMSNorm, quick_gelu
+from qwenvl_min.rope import apply_rotary, inverse_frequencies, mrope_table, vision_rotary_table
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rmsnorm_bit_exact(dtype):
+    torch.manual_seed(0)
+    ours, theirs = RMSNorm(96, 1e-6), hf.Qwen2VLRMSNorm(96, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.normal_(1, 0.3)
+        theirs.weight.copy_(ours.weight)
+    x = (torch.randn(7, 96) * 3).to(dtype)
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    assert torch.equal(ours(x), theirs(x))
+    # the order matters: multiplying by the weight before the cast differs in low precision
+    if dtype != torch.float32:
+        xf = x.float()
+        wrong = (ours.weight.float() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+        assert not torch.equal(wrong, theirs(x))
+
+
+def test_quick_gelu_bit_exact():
+    x = torch.randn(1000) * 4
+    assert torch.equal(quick_gelu(x), ACT2FN["quick_gelu"](x))
+
+
+def test_inverse_frequencies_bit_exact():
+    for dim, theta in ((128, 1e6), (40, 1e4), (16, 1e6)):
+        expected = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        assert torch.equal(inverse_frequencies(dim, theta), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_mrope_bit_exact(dtype):
+    """Our (B, T, D/2) tables + rotate-half equal HF's rotary module + apply_rotary_pos_emb exactly."""
+    from transformers import Qwen2VLConfig
+
+    section = [16, 24, 24]
+    cfg = Qwen2VLConfig(
+        text_config={
+            "hidden_size": 256,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section},
+        },
+    ).text_config
+    rotary = hf.Qwen2VLRotaryEmbedding(cfg)
+    torch.manual_seed(0)
+    positions = torch.randint(0, 3000, (3, 2, 9))
+    q = torch.randn(2, 2, 9, 128).to(dtype)  # HF layout (B, H, T, D)
+    k = torch.randn(2, 1, 9, 128).to(dtype)
+    cos_hf, sin_hf = rotary(q, positions)
+    q_hf, k_hf = hf.apply_rotary_pos_emb(q, k, cos_hf, sin_hf)
+    cos, sin = mrope_table(positions, 128, 1e6, tuple(section), dtype)
+    assert torch.equal(torch.cat((cos, cos), -1), cos_hf)
+    q_ours, k_ours = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # ours: (B, T, H, D)
+    assert torch.equal(q_ours.transpose(1, 2), q_hf)
+    assert torch.equal(k_ours.transpose(1, 2), k_hf)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_vision_rotary_bit_exact(dtype):
+    """Vision tables in input order and fp32 application equal HF's, cast back to the input dtype."""
+    grid = torch.tensor([[1, 6, 8], [2, 4, 4]])
+    cos, sin = vision_rotary_table(grid, 80, 1e4, 2)
+    from transformers import Qwen2VLVisionConfig
+    from transformers.vision_utils import get_vision_position_ids
+
+    rotary = hf.Qwen2VLVisionRotaryEmbedding(Qwen2VLVisionConfig(embed_dim=1280, num_heads=16))
+    cos_hf, sin_hf = rotary(torch.zeros(1), get_vision_position_ids(grid, 2))  # (N, 80), input order
+    assert torch.equal(torch.cat((cos, cos), -1), cos_hf) and torch.equal(torch.cat((sin, sin), -1), sin_hf)
+    torch.manual_seed(0)
+    q = torch.randn(int(grid.prod(1).sum()), 16, 80).to(dtype)
+    k = torch.randn_like(q)
+    q_hf, k_hf = hf.apply_rotary_pos_emb_vision(q, k, cos_hf, sin_hf)
+    q_ours, k_ours = apply_rotary(q, k, cos, sin)
+    assert torch.equal(q_ours, q_hf) and torch.equal(k_ours, k_hf)
