@@ -23,7 +23,6 @@ layers named; with no taps the forward pays nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -33,18 +32,6 @@ from torch import Tensor
 from .config import Config
 
 Replacement = Tensor | Callable[[object], object]
-
-_PATTERNS = (
-    r"vision\.patch_embed",
-    r"vision\.blocks\.(\d+)",
-    r"vision\.blocks\.(\d+)\.attn\.probs",
-    r"vision\.pre_merge",
-    r"vision\.post_merge",
-    r"text\.embed",
-    r"text\.layers\.(\d+)",
-    r"text\.layers\.(\d+)\.attn\.probs",
-    r"text\.norm",
-)
 
 
 def tap_names(config: Config) -> list[str]:
@@ -123,7 +110,3 @@ def _replacement(name: str, value: object, replacement: Replacement) -> object:
         if not isinstance(new, SegmentMaps) or [p.shape for p in new.probs] != [p.shape for p in value.probs]:
             raise ValueError(f"replacement for tap {name!r} must be a SegmentMaps with the same group shapes")
     return new
-
-
-def is_tap_name(name: str) -> bool:
-    return any(re.fullmatch(p, name) for p in _PATTERNS)
