@@ -21,22 +21,39 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, owned and passed by the caller.
 
     Stored as (B, K, G, Dh) per layer; `update` appends the new tokens and returns the full history.
+    With `capacity` (the most tokens the cache will hold, e.g. prompt + max new tokens), each layer's
+    buffers are allocated once, at the first update, and filled in place: decoding then neither allocates
+    nor copies the history every step, and `update` returns views of the filled part.
     """
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, capacity: int | None = None) -> None:
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
+        self.capacity = capacity
+        self.lengths = [0] * num_layers
 
     @property
     def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+        return self.lengths[0]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat((self.keys[layer], k), dim=1)
-            v = torch.cat((self.values[layer], v), dim=1)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        start, end = self.lengths[layer], self.lengths[layer] + k.shape[1]
+        if self.capacity is not None and end > self.capacity:
+            raise ValueError(f"KV cache capacity {self.capacity} exceeded: {end} tokens")
+        self.lengths[layer] = end
+        if self.capacity is None:
+            if self.keys[layer] is not None:
+                k = torch.cat((self.keys[layer], k), dim=1)
+                v = torch.cat((self.values[layer], v), dim=1)
+            self.keys[layer], self.values[layer] = k, v
+            return k, v
+        if self.keys[layer] is None:
+            shape = (k.shape[0], self.capacity, *k.shape[2:])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        self.keys[layer][:, start:end] = k
+        self.values[layer][:, start:end] = v
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
 
 
 def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: torch.device) -> Tensor | None:

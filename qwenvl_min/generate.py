@@ -1,0 +1,282 @@
+"""Autoregressive generation: one prefill over the prompt, then cached token-by-token decoding.
+
+Shape legend: B batch, T prompt tokens (left padded), n new tokens, V vocab, E LLM width.
+
+Positions (DESIGN.md section 2): the prefill derives 3-D positions from the prompt with `get_rope_index`,
+which also returns each row's delta; the n-th new token of row b then takes
+(valid prompt length of b) + n + delta[b] on all three axes (`positions.generation_positions`). The deltas
+live in this function's locals, never on the module, so one model can serve interleaved calls.
+
+Batches are left padded (attention_mask 0 on the left). A row that emits a stop token keeps decoding in
+lockstep with the others, but from then on it receives `pad_token_id` and those slots are masked out, so a
+stopped row never influences anything. Decoding ends when every row has stopped or after
+`max_new_tokens` steps.
+
+Sampling: temperature 0 is greedy (argmax, first index on ties, as transformers). Otherwise logits / T,
+then optional top-k, then optional top-p (nucleus: the smallest set of most likely tokens whose probability
+reaches top_p), then one draw from a `torch.Generator` seeded with `seed` (the global RNG when seed is None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import QwenVL
+from .positions import generation_positions, get_rope_index
+from .text import KVCache
+
+
+def stream(
+    model: QwenVL,
+    input_ids: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    pixel_values: Tensor | None = None,
+    image_grid_thw: Tensor | None = None,
+    pixel_values_videos: Tensor | None = None,
+    video_grid_thw: Tensor | None = None,
+    second_per_grid_ts: Tensor | None = None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield the new tokens of every row, one (B,) int64 tensor per step. Arguments as in `generate`."""
+    cfg = model.config
+    stops = (cfg.eos_token_id,) if stop_token_ids is None else tuple(stop_token_ids)
+    pad = cfg.bos_token_id if pad_token_id is None else pad_token_id  # Qwen pads with <|endoftext|> (= bos)
+    _check_request(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p)
+    device = model.text.embed_tokens.weight.device
+    batch, length = input_ids.shape
+    input_ids = input_ids.to(device)
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    stop_ids = torch.tensor(stops, dtype=torch.int64, device=device)
+
+    with torch.inference_mode():
+        # preallocated: decode steps write in place instead of concatenating the history
+        cache = KVCache(cfg.text.num_layers, capacity=length + max_new_tokens)
+        logits, deltas = _prefill(
+            model,
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_grid_thw,
+            pixel_values_videos,
+            video_grid_thw,
+            second_per_grid_ts,
+            cache,
+        )
+        valid = (
+            torch.full((batch,), length, device=device) if attention_mask is None else attention_mask.sum(1)
+        )
+        # All decode positions at once (3, B, n): no per-step position arithmetic.
+        positions = generation_positions(deltas, valid, 0, max_new_tokens)
+        # Key mask over prompt + new tokens; only needed when some slot can be masked (left padding or a
+        # row that stopped). Filled in step by step, sliced per step: no per-step allocation.
+        key_valid = torch.ones(batch, length + max_new_tokens, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            key_valid[:, :length] = attention_mask.bool()
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        next_tokens = _pick(logits, temperature, top_k, top_p, generator)
+
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            tokens = torch.where(finished, pad, next_tokens)
+            key_valid[:, length + step] = ~finished  # a stopped row's later slots stay masked
+            finished |= torch.isin(tokens, stop_ids)
+        yield tokens
+        # One host sync per step: it decides whether to stop (and the caller usually reads the tokens anyway).
+        if step + 1 == max_new_tokens or bool(finished.all()):
+            return
+        with torch.inference_mode():
+            # a single unpadded row attends to everything it has seen: no mask to build
+            mask = None if batch == 1 and not padded else key_valid[:, : length + step + 1]
+            logits = _decode(model, tokens, positions[:, :, step : step + 1], mask, cache)
+            next_tokens = _pick(logits, temperature, top_k, top_p, generator)
+
+
+def generate(
+    model: QwenVL,
+    input_ids: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    pixel_values: Tensor | None = None,
+    image_grid_thw: Tensor | None = None,
+    pixel_values_videos: Tensor | None = None,
+    video_grid_thw: Tensor | None = None,
+    second_per_grid_ts: Tensor | None = None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    on_token: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """Generate up to `max_new_tokens` tokens after each prompt row; returns the new ids (B, n), n <= max.
+
+    input_ids (B, T) and attention_mask (B, T) as for the model, left padded; the vision inputs as for the
+    model (they are encoded once, in the prefill). `stop_token_ids` defaults to the config's eos; the stop
+    token is part of a row's output and later slots of that row hold `pad_token_id` (default: the config's
+    bos, Qwen's <|endoftext|>). `on_token` receives each step's (B,) tokens as they are produced (for
+    streaming; `stream` is the iterator form of the same loop).
+    """
+    steps = []
+    for tokens in stream(
+        model,
+        input_ids,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw,
+        second_per_grid_ts=second_per_grid_ts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
+    ):
+        if on_token is not None:
+            on_token(tokens)
+        steps.append(tokens)
+    return torch.stack(steps, dim=1)
+
+
+# ---- steps ----------------------------------------------------------------------------------------------
+
+
+def _lm_head(model: QwenVL, hidden: Tensor) -> Tensor:
+    weight = model.text.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    return F.linear(hidden, weight)
+
+
+def _prefill(
+    model: QwenVL,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    pixel_values: Tensor | None,
+    image_grid_thw: Tensor | None,
+    pixel_values_videos: Tensor | None,
+    video_grid_thw: Tensor | None,
+    second_per_grid_ts: Tensor | None,
+    cache: KVCache,
+) -> tuple[Tensor, Tensor]:
+    """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1).
+
+    The same steps as `QwenVL.run`, except that the lm_head runs on the last position only: at the real
+    vocab (152k) the full (B, T, V) projection would cost more than the rest of the prefill.
+    """
+    cfg = model.config
+    model._check_token_inputs(input_ids, attention_mask, None)
+    if cfg.model_type == "qwen2_vl" and second_per_grid_ts is not None:
+        raise ValueError(
+            "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
+        )
+    embeds = model.text.embed_tokens(input_ids)  # (B, T, E)
+    embeds = model._insert_vision(
+        input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, None
+    )
+    positions, deltas = get_rope_index(
+        cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
+    )
+    key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+    hidden = model.text(embeds, positions, key_valid, cache)  # (B, T, E)
+    return _lm_head(model, hidden[:, -1]), deltas
+
+
+def _decode(
+    model: QwenVL, tokens: Tensor, positions: Tensor, key_valid: Tensor | None, cache: KVCache
+) -> Tensor:
+    """One cached step: tokens (B,), positions (3, B, 1), key_valid (B, K) or None -> logits (B, V).
+
+    Calls the decoder directly rather than `QwenVL.run`: a decode step has no vision tokens, and skipping
+    run's per-call input checks (each a host sync) is a measurable part of a tiny model's step time.
+    """
+    hidden = model.text(model.text.embed_tokens(tokens[:, None]), positions, key_valid, cache)  # (B, 1, E)
+    return _lm_head(model, hidden[:, -1])
+
+
+def _pick(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Next token of every row from last-position logits (B, V) -> (B,) int64."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (B, 1) smallest kept score
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _check_request(
+    model: QwenVL,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError("input_ids must be an integer tensor of shape (batch, tokens)")
+    if input_ids.shape[1] == 0:
+        raise ValueError("the prompt is empty: input_ids has no tokens")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if temperature == 0 and (top_k is not None or top_p is not None):
+        raise ValueError("top_k / top_p only apply when sampling: set temperature > 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    context = model.config.text.max_position_embeddings
+    if input_ids.shape[1] + max_new_tokens > context:
+        raise ValueError(
+            f"the prompt ({input_ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of {context} tokens; shorten the prompt, use fewer vision tokens (lower "
+            "max_pixels or fewer frames) or ask for fewer new tokens"
+        )
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask.bool()
+        # left padding <=> once a row turns valid it stays valid: the mask is non-decreasing along T
+        if (mask[:, :-1] & ~mask[:, 1:]).any():
+            raise ValueError("attention_mask has padding after valid tokens; generation needs left padding")
+        if not mask[:, -1].all():
+            raise ValueError("a prompt row has no valid tokens (attention_mask all 0)")
