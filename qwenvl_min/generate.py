@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import QwenVL
-from .positions import generation_positions, get_rope_index
+from .positions import generation_positions
 from .text import KVCache
 
 
@@ -179,27 +179,19 @@ def _prefill(
     second_per_grid_ts: Tensor | None,
     cache: KVCache,
 ) -> tuple[Tensor, Tensor]:
-    """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1).
-
-    The same steps as `QwenVL.run`, except that the lm_head runs on the last position only: at the real
-    vocab (152k) the full (B, T, V) projection would cost more than the rest of the prefill.
-    """
-    cfg = model.config
-    model._check_token_inputs(input_ids, attention_mask, None)
-    if cfg.model_type == "qwen2_vl" and second_per_grid_ts is not None:
-        raise ValueError(
-            "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
-        )
-    embeds = model.text.embed_tokens(input_ids)  # (B, T, E)
-    embeds = model._insert_vision(
-        input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, None
+    """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1)."""
+    out = model.run(
+        input_ids,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw,
+        second_per_grid_ts=second_per_grid_ts,
+        cache=cache,
+        last_only=True,
     )
-    positions, deltas = get_rope_index(
-        cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
-    )
-    key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-    hidden = model.text(embeds, positions, key_valid, cache)  # (B, T, E)
-    return _lm_head(model, hidden[:, -1]), deltas
+    return out.logits[:, -1], out.rope_deltas
 
 
 def _decode(

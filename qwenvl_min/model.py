@@ -96,9 +96,13 @@ class QwenVL(nn.Module):
         taps: Taps | None = None,
         cache: KVCache | None = None,
         positions: Tensor | None = None,
+        last_only: bool = False,
     ) -> ForwardOutput:
         """The full forward. With a non-empty `cache`, input_ids are the new tokens only, attention_mask
-        covers past + new tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`)."""
+        covers past + new tokens, and `positions` (3, B, T) must be given (see
+        `positions.generation_positions`). `last_only` applies the lm_head to the last position only
+        (logits (B, 1, V)): a prefill needs no more, and at the real vocab (152k) the full projection
+        costs more than the rest of it."""
         cfg = self.config
         self._check_token_inputs(input_ids, attention_mask, cache)
         if cfg.model_type == "qwen2_vl" and second_per_grid_ts is not None:
@@ -122,6 +126,8 @@ class QwenVL(nn.Module):
             )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
         hidden = self.text(embeds, positions, key_valid, cache, taps)
+        if last_only:
+            hidden = hidden[:, -1:]
         weight = self.text.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return ForwardOutput(F.linear(hidden, weight), positions, deltas)
 

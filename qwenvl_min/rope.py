@@ -15,6 +15,8 @@ Shape legend: N packed tokens, B batch, T sequence, H heads, D head_dim, R = D/2
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 from torch import Tensor
 
@@ -96,13 +98,19 @@ def mrope_table(
     """cos/sin (B, T, D/2) for M-RoPE from 3-D positions (3, B, T); angles in fp32, cast to `dtype`."""
     if sum(mrope_section) * 2 != head_dim:
         raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
-    inv_freq = inverse_frequencies(head_dim, theta).to(positions.device)  # (R,)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (3, B, T, R)
-    # frequency j takes its angle from the axis owning j's chunk: [T | H | W] contiguous chunks
-    axis_of_freq = torch.repeat_interleave(
-        torch.arange(3, device=positions.device), torch.tensor(mrope_section, device=positions.device)
-    )  # (R,)
-    angles = angles.gather(0, axis_of_freq.view(1, 1, 1, -1).expand(1, *angles.shape[1:])).squeeze(
-        0
-    )  # (B, T, R)
+    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, tuple(mrope_section), positions.device)
+    # frequency j takes its position from the axis owning j's chunk ([T | H | W] contiguous chunks)
+    per_freq = positions.permute(1, 2, 0).index_select(-1, axis_of_freq)  # (3, B, T) -> (B, T, R)
+    angles = per_freq.to(torch.float32) * inv_freq  # (B, T, R), contiguous
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@cache
+def _mrope_constants(
+    head_dim: int, theta: float, mrope_section: tuple[int, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """inv_freq (R,) fp32 and the axis (0 T, 1 H, 2 W) of every frequency (R,), made once per setting:
+    they are constants, and rebuilding them every call was a visible share of a tiny model's decode step."""
+    inv_freq = inverse_frequencies(head_dim, theta).to(device)
+    axis_of_freq = torch.repeat_interleave(torch.arange(3), torch.tensor(mrope_section)).to(device)
+    return inv_freq, axis_of_freq

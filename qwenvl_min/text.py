@@ -58,12 +58,13 @@ class KVCache:
 
 def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: torch.device) -> Tensor | None:
     """Boolean (B, 1, T, K) mask 'query may attend key' for causal attention over past + new tokens,
-    or None when plain causal attention (no padding, no past) is enough.
+    or None when no mask is needed: plain causal attention (no padding, no past), or a single new token
+    without padding (it may see every key).
 
     Query i sits at sequence index total - new + i. Padded queries would see no key at all (a NaN row in
     softmax), so every query may always see itself; those rows are discarded by the caller anyway.
     """
-    if key_valid is None and total == new:
+    if key_valid is None and (total == new or new == 1):
         return None
     query_index = torch.arange(total - new, total, device=device)[:, None]  # (T, 1)
     key_index = torch.arange(total, device=device)[None, :]  # (1, K)
