@@ -134,6 +134,7 @@ def test_hub_id_goes_through_snapshot_download(sources, tmp_path, monkeypatch):
     out = convert_checkpoint("Qwen/Qwen2-VL-2B-Instruct", tmp_path / "ours")
     assert calls and calls[0][0] == "Qwen/Qwen2-VL-2B-Instruct"
     assert "*.safetensors" in calls[0][1] and not any(".bin" in p for p in calls[0][1])  # never pickles
+    assert "tokenizer.json" in calls[0][1]  # the tokenizer comes along for `qwenvl-min run`
     source = json.loads((out / "manifest.json").read_text())["source"]
     assert source["hub_id"] == "Qwen/Qwen2-VL-2B-Instruct" and source["path"] == str(src.resolve())
 
@@ -167,3 +168,26 @@ def test_module_entry_point(sources, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "ours" / "manifest.json").is_file()
+
+
+def test_tokenizer_and_processor_files_travel_with_the_weights(sources, tmp_path):
+    """tokenizer.json & co. are copied both ways unchanged and recorded with checksums, so a converted
+    directory is all `qwenvl-min run` needs; files that are not companions (e.g. a README) are not."""
+    base, _ = sources["qwen2_vl"]["nested"]
+    src = tmp_path / "src"
+    src.mkdir()
+    for item in base.iterdir():
+        (src / item.name).write_bytes(item.read_bytes())
+    (src / "tokenizer.json").write_text('{"version": "1.0", "model": {}}')
+    (src / "generation_config.json").write_text('{"eos_token_id": 151645}')
+    (src / "README.md").write_text("not a companion")
+    ours = convert_checkpoint(src, tmp_path / "ours")
+    for name in ("tokenizer.json", "generation_config.json"):
+        assert (ours / name).read_bytes() == (src / name).read_bytes()
+    assert not (ours / "README.md").exists()
+    recorded = json.loads((ours / "manifest.json").read_text())["companion_files"]
+    assert recorded == [
+        {"file": name, "sha256": _sha256(src / name)} for name in ("tokenizer.json", "generation_config.json")
+    ]
+    back = export_to_hf(ours, tmp_path / "hf")
+    assert (back / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()

@@ -58,7 +58,7 @@ from .mapping import (
     our_key_to_hf,
     our_tensor_to_hf,
 )
-from .safetensors_io import TensorInfo, write_safetensors
+from .safetensors_io import TensorInfo, file_sha256, write_safetensors
 
 CONVERTER_VERSION = "1"  # bump when the written layout or manifest changes
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # bytes; the "5GB" transformers has long used
@@ -92,6 +92,23 @@ class _Item:
 
 
 # ---- public API ------------------------------------------------------------------------------------------
+# Files that travel with the weights unchanged (tokenizer, chat template, processor and generation
+# settings), so a converted directory is enough to run `qwenvl-min run`. Copied when the source has them.
+COMPANION_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "generation_config.json",
+)
+
+
 def convert_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -128,7 +145,9 @@ def convert_checkpoint(
         return hf_tensor_to_ours(item.out_key, _read(item)).to(item.dtype)
 
     manifest = {"layout": FORMAT, "source": source, "dropped_source_keys": dropped}
-    _write_checkpoint(dst_path, items, produce, max_shard, our_config_json(config), manifest, progress)
+    _write_checkpoint(
+        dst_path, items, produce, max_shard, our_config_json(config), manifest, progress, src_dir
+    )
     return dst_path
 
 
@@ -167,7 +186,7 @@ def export_to_hf(
         "source": {"path": str(src_dir), "layout": FORMAT},
         "dropped_source_keys": [],
     }
-    _write_checkpoint(dst_path, items, produce, max_shard, hf_config, manifest, progress)
+    _write_checkpoint(dst_path, items, produce, max_shard, hf_config, manifest, progress, src_dir)
     return dst_path
 
 
@@ -211,7 +230,9 @@ def resolve_source(src: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        local = snapshot_download(repo_id=src, allow_patterns=[CONFIG_FILE, "*.safetensors", INDEX_FILE])
+        local = snapshot_download(
+            repo_id=src, allow_patterns=[CONFIG_FILE, "*.safetensors", INDEX_FILE, *COMPANION_FILES]
+        )
     except RepositoryNotFoundError as err:
         raise CheckpointError(
             f"{src} is neither a local directory nor a repository on the Hugging Face Hub (a private or gated "
@@ -325,6 +346,7 @@ def _write_checkpoint(
     config_json: dict[str, Any],
     manifest: dict[str, Any],
     progress: bool | None,
+    companions_from: Path,
 ) -> None:
     shards = _plan_shards(items, max_shard)
     names = [shard_name(i + 1, len(shards)) for i in range(len(shards))]
@@ -360,6 +382,11 @@ def _write_checkpoint(
         weight_map = {item.out_key: name for name, shard in zip(names, shards, strict=True) for item in shard}
         write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
         write_json(tmp / CONFIG_FILE, config_json)
+        companions = []
+        for name in COMPANION_FILES:
+            if (companions_from / name).is_file():
+                shutil.copyfile(companions_from / name, tmp / name)
+                companions.append({"file": name, "sha256": file_sha256(tmp / name)})
         write_json(
             tmp / MANIFEST_FILE,
             {
@@ -374,6 +401,7 @@ def _write_checkpoint(
                 "key_count": len(items),
                 "total_bytes": total,
                 "shards": records,
+                "companion_files": companions,
             },
         )
 
