@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -73,7 +74,9 @@ class PeakMemory:
         self.peak_bytes = max(self._max, self._rss()) - self._base
 
 
-def build_towers(preset: str, device: torch.device) -> tuple[torch.nn.Module, VisionTower, Config]:
+def build_towers(
+    preset: str, device: torch.device, with_ours: bool = True
+) -> tuple[torch.nn.Module, VisionTower | None, Config]:
     import transformers
 
     config = Config.preset(preset)
@@ -87,6 +90,8 @@ def build_towers(preset: str, device: torch.device) -> tuple[torch.nn.Module, Vi
     hf_cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = hf_cls(hf_cfg).to(device).eval()
+    if not with_ours:
+        return hf, None, config
     state = {hf_key_to_ours("visual." + k): v for k, v in hf.state_dict().items()}
     state = {
         k.removeprefix("visual."): v.reshape(v.shape[0], -1) if k == "visual.patch_embed.weight" else v
@@ -175,6 +180,50 @@ def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, dev
     return elapsed, mem.peak_bytes
 
 
+def child_memory(preset: str, impl: str, side: int) -> None:
+    """Fresh process, one copy of one implementation's weights, one forward: print peak RSS as JSON.
+
+    Peak memory is measured per implementation in its own process because a process's RSS keeps the
+    allocator's history (freed blocks are not always returned to the OS), which would blur an in-process
+    comparison. Weights are built directly (random init) so only one copy exists.
+    """
+    import resource
+
+    device = torch.device("cpu")
+    config = Config.preset(preset)
+    torch.manual_seed(0)
+    if impl.startswith("ours"):
+        tower = VisionTower(config.vision).eval()
+    else:
+        hf, _, _ = build_towers(preset, device, with_ours=False)
+        tower = hf
+    patches = side // config.vision.patch_size
+    grid = torch.tensor([[1, patches, patches]])
+    pixels = torch.randn(patches * patches, config.vision.patch_dim)
+    ours = tower if impl.startswith("ours") else None
+    before = PeakMemory._rss()
+    _, peak = run_once(impl, None if ours else tower, ours, config, pixels, grid, device)
+    print(
+        json.dumps(
+            {
+                "rss_before_forward_gb": before / 2**30,
+                "peak_above_before_gb": peak / 2**30,
+                "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    )
+
+
+def memory_in_fresh_processes(preset: str, impl: str, side: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", f"{preset}:{impl}:{side}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def versions() -> dict[str, str]:
     import transformers
 
@@ -211,7 +260,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--impls", default="ours,hf-sdpa,hf-eager,ours+maps")
     parser.add_argument("--out", type=Path, default=RESULTS / "vision_tower.json")
+    parser.add_argument("--no-fresh-memory", action="store_true", help="skip the per-process peak RSS runs")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        preset, impl, side = args.child.split(":")
+        child_memory(preset, impl, int(side))
+        return
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [
@@ -249,6 +304,9 @@ def main() -> None:
             rate = gemm_rate(config, patches * patches, device)
             base = statistics.median(times["hf-sdpa"]) if "hf-sdpa" in times else None
             plain = statistics.median(times["ours"]) if "ours" in times else None
+            fresh = {}
+            if device.type == "cpu" and not args.no_fresh_memory:
+                fresh = {impl: memory_in_fresh_processes(preset, impl, side) for impl in impls}
             for impl in impls:
                 t = statistics.median(times[impl])
                 row = {
@@ -261,14 +319,17 @@ def main() -> None:
                     "ratio_vs_hf_sdpa": t / base if base else None,
                     "ratio_vs_ours_plain": t / plain if plain else None,
                     "peak_mem_above_baseline_gb": max(peaks[impl]) / 2**30,
+                    "fresh_process": fresh.get(impl),
                     "matmul_gflop": flops / 1e9,
                     "gemm_gflops_measured": rate / 1e9,
                     "roofline_fraction": flops / (t * rate),
                 }
                 rows.append(row)
+                mem = fresh.get(impl)
+                mem_text = f"  fresh-process peak RSS {mem['ru_maxrss_gb']:.2f} GB" if mem else ""
                 print(
                     f"{preset:14s} {side:5d}px {impl:10s} {t:8.2f} s  x{row['ratio_vs_hf_sdpa'] or 0:5.2f} vs hf-sdpa  "
-                    f"peak +{row['peak_mem_above_baseline_gb']:.2f} GB  roofline {row['roofline_fraction']:.2f}"
+                    f"peak +{row['peak_mem_above_baseline_gb']:.2f} GB  roofline {row['roofline_fraction']:.2f}{mem_text}"
                 )
         del hf, ours
     args.out.parent.mkdir(parents=True, exist_ok=True)
