@@ -187,8 +187,6 @@ def child_memory(preset: str, impl: str, side: int) -> None:
     allocator's history (freed blocks are not always returned to the OS), which would blur an in-process
     comparison. Weights are built directly (random init) so only one copy exists.
     """
-    import resource
-
     device = torch.device("cpu")
     config = Config.preset(preset)
     torch.manual_seed(0)
@@ -208,10 +206,18 @@ def child_memory(preset: str, impl: str, side: int) -> None:
             {
                 "rss_before_forward_gb": before / 2**30,
                 "peak_above_before_gb": peak / 2**30,
-                "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_rss_gb": _vm_hwm_bytes() / 2**30,
             }
         )
     )
+
+
+def _vm_hwm_bytes() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak into a spawned
+    child's ru_maxrss, which would credit every child with the benchmark parent's memory."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def memory_in_fresh_processes(preset: str, impl: str, side: int) -> dict[str, float]:
@@ -326,7 +332,11 @@ def main() -> None:
                 }
                 rows.append(row)
                 mem = fresh.get(impl)
-                mem_text = f"  fresh-process peak RSS {mem['ru_maxrss_gb']:.2f} GB" if mem else ""
+                mem_text = (
+                    f"  fresh process: peak RSS {mem['peak_rss_gb']:.2f} GB, forward +{mem['peak_above_before_gb']:.2f} GB"
+                    if mem
+                    else ""
+                )
                 print(
                     f"{preset:14s} {side:5d}px {impl:10s} {t:8.2f} s  x{row['ratio_vs_hf_sdpa'] or 0:5.2f} vs hf-sdpa  "
                     f"peak +{row['peak_mem_above_baseline_gb']:.2f} GB  roofline {row['roofline_fraction']:.2f}{mem_text}"

@@ -49,11 +49,11 @@ def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments,
         and segments.groups[0].contiguous
         and segments.groups[0].length == q.shape[0]
     ):
-        # one segment covering everything (a single image in a full-attention block): no copies
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale
-        )
-        return out.transpose(0, 1)
+        # one segment covering everything (a single image in a full-attention block): no gather. SDPA gets
+        # a batch dim on purpose: with 3-D inputs the CPU dispatcher takes the math path, which
+        # materializes the (H, N, N) scores (1 GB at N = 4096) instead of running the flash kernel.
+        q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, H, N, D)
+        return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
     out = q.new_empty(q.shape)
     for group in segments.groups:
         values = F.scaled_dot_product_attention(
