@@ -29,7 +29,12 @@ class RMSNorm(nn.Module):
 
 def quick_gelu(x: Tensor) -> Tensor:
     """x * sigmoid(1.702 x): the sigmoid approximation of GELU used by Qwen2-VL's (CLIP-style) ViT."""
-    return x * torch.sigmoid(1.702 * x)
+    if torch.is_grad_enabled():
+        return x * torch.sigmoid(1.702 * x)
+    # Inference: one buffer instead of three. At 896 px the vision MLP's hidden activations are 84 MB
+    # each, above glibc's mmap threshold, so every fresh buffer costs an mmap and a page-fault pass.
+    # Same operations in the same order (x * s == s * x), so the result is bit-identical.
+    return torch.sigmoid_(1.702 * x).mul_(x)
 
 
 class QuickGeluMLP(nn.Module):
@@ -54,4 +59,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # inference: reuse the gate buffer (see quick_gelu for why large fresh buffers are costly)
+        return self.down_proj(F.silu(self.gate_proj(x), inplace=True).mul_(self.up_proj(x)))

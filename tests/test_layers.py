@@ -86,3 +86,20 @@ def test_vision_rotary_bit_exact(dtype):
     q_hf, k_hf = hf.apply_rotary_pos_emb_vision(q, k, cos_hf, sin_hf)
     q_ours, k_ours = apply_rotary(q, k, cos, sin)
     assert torch.equal(q_ours, q_hf) and torch.equal(k_ours, k_hf)
+
+
+def test_inference_mlps_are_bit_identical_to_the_autograd_path():
+    """The in-place inference branches of quick_gelu and SwiGLU compute exactly what the plain ones do."""
+    from qwenvl_min.layers import SwiGLU
+
+    torch.manual_seed(0)
+    x = torch.randn(33, 64) * 3
+    mlp = SwiGLU(64, 96, bias=True)
+    with torch.no_grad():
+        assert torch.equal(quick_gelu(x), x * torch.sigmoid(1.702 * x))
+        fast = mlp(x)
+    with torch.enable_grad():
+        reference = mlp(x)
+        reference.sum().backward()  # the autograd path still differentiates
+    assert torch.equal(fast, reference.detach())
+    assert mlp.gate_proj.weight.grad is not None
