@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_models import randomize_
 
 from qwenvl_min import Config, QwenVL
 from qwenvl_min.dispatch import KERNELS_ENV, use_kernels
 
 
 def random_model(preset: str) -> QwenVL:
-    torch.manual_seed(0)
     model = QwenVL(Config.preset(preset)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    randomize_(model, seed=0)
     return model
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from hf_models import randomize_
 
 from qwenvl_min import Config, QwenVL, SegmentMaps, tap_names
 
@@ -13,11 +14,8 @@ FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
 
 def random_model(preset: str) -> QwenVL:
-    torch.manual_seed(0)
     model = QwenVL(Config.preset(preset)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    randomize_(model, seed=0)
     return model
 
 
