@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -187,6 +188,18 @@ def _normalize_lut() -> np.ndarray:
 _LUT = _normalize_lut()
 
 
+def _over_row_chunks(work: Callable[[slice], None], rows: int) -> None:
+    """Run `work` on chunks of the first axis in threads. NumPy releases the GIL in `take` and in copies,
+    so the gather below runs on every core while PIL's resize (the rest of the time) cannot be split."""
+    workers = max(1, min(rows, torch.get_num_threads(), os.cpu_count() or 1))
+    if workers == 1:
+        work(slice(0, rows))
+        return
+    bounds = [rows * i // workers for i in range(workers + 1)]
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]))
+
+
 def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 with T a multiple of the temporal patch → normalized rows (t·h·w, 3·tp·p·p) fp32."""
     t, h, w, c = frames.shape
@@ -194,10 +207,15 @@ def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, mer
     # Reorder the *uint8* pixels (1 byte each) into row order first, then gather the floats in one pass.
     x = frames.reshape(gt, temporal_patch_size, gh // m, m, p, gw // m, m, p, c)
     # -> (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x)
-    x = np.ascontiguousarray(x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7))
+    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # a view; each thread copies its own temporal patches
     out = np.empty(x.shape, dtype=np.float32)
-    for ch in range(c):
-        np.take(_LUT[ch], x[..., ch, :, :, :], out=out[..., ch, :, :, :], mode="clip")
+
+    def work(rows: slice) -> None:
+        chunk = np.ascontiguousarray(x[rows])
+        for ch in range(c):
+            np.take(_LUT[ch], chunk[..., ch, :, :, :], out=out[rows][..., ch, :, :, :], mode="clip")
+
+    _over_row_chunks(work, x.shape[0])
     return out.reshape(gt * gh * gw, c * temporal_patch_size * p * p)
 
 
@@ -207,12 +225,18 @@ def _patchify_still(
     """A still image is `temporal_patch_size` identical frames: gather once, then copy along time."""
     h, w, c = frame.shape
     gh, gw, p, m = h // patch_size, w // patch_size, patch_size, merge_size
-    x = frame.reshape(gh // m, m, p, gw // m, m, p, c)
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 4, 6, 2, 5))  # (by, bx, iy, ix, c, py, px)
+    x = frame.reshape(gh // m, m, p, gw // m, m, p, c).transpose(
+        0, 3, 1, 4, 6, 2, 5
+    )  # (by, bx, iy, ix, c, py, px)
     out = np.empty((*x.shape[:5], temporal_patch_size, p, p), dtype=np.float32)
-    for ch in range(c):
-        np.take(_LUT[ch], x[..., ch, :, :], out=out[..., ch, 0, :, :], mode="clip")
-    out[..., 1:, :, :] = out[..., :1, :, :]
+
+    def work(rows: slice) -> None:
+        chunk, target = np.ascontiguousarray(x[rows]), out[rows]
+        for ch in range(c):
+            np.take(_LUT[ch], chunk[..., ch, :, :], out=target[..., ch, 0, :, :], mode="clip")
+        target[..., 1:, :, :] = target[..., :1, :, :]
+
+    _over_row_chunks(work, x.shape[0])
     return out.reshape(gh * gw, c * temporal_patch_size * p * p)
 
 
