@@ -26,8 +26,7 @@ def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
         start = int(group.starts[0])
         x = x[start : start + n_seg * length].view(n_seg, length, *x.shape[1:])
     else:
-        index = group.starts[:, None] + torch.arange(length, device=x.device)  # (S_g, L)
-        x = x[index]  # (S_g, L, H, D)
+        x = x[group.token_positions()]  # (S_g, L, H, D)
     return x.transpose(1, 2)
 
 
@@ -38,8 +37,7 @@ def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
         start = int(group.starts[0])
         out[start : start + values.shape[0] * group.length] = values.reshape(-1, *values.shape[2:])
     else:
-        index = group.starts[:, None] + torch.arange(group.length, device=out.device)
-        out[index.reshape(-1)] = values.reshape(-1, *values.shape[2:])
+        out[group.token_positions().reshape(-1)] = values.reshape(-1, *values.shape[2:])
 
 
 def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:

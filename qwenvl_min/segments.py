@@ -29,6 +29,10 @@ class LengthGroup:
     starts: Tensor  # (S_g,) int64 first token of each segment
     contiguous: bool  # the group's segments tile [starts[0], starts[0] + S_g * length) back to back
 
+    def token_positions(self) -> Tensor:
+        """(S_g, L) int64: the packed position of every token of every segment in the group."""
+        return self.starts[:, None] + torch.arange(self.length, device=self.starts.device)
+
 
 @dataclass(frozen=True)
 class Segments:

@@ -148,7 +148,7 @@ class VisionAttention(nn.Module):
         out, probs = segment_attention_probs(q, k, v, segments, scale)
         index = []
         for group in segments.groups:
-            positions = group.starts[:, None] + torch.arange(group.length, device=q.device)  # (S_g, L)
+            positions = group.token_positions()  # (S_g, L)
             index.append(positions if layout.order is None else layout.order[positions])
         maps = taps(name, SegmentMaps(probs, index))
         if name in taps.replace:
