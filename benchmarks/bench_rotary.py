@@ -26,8 +26,14 @@ use_interpreter_without_cuda()
 
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf  # noqa: E402
 
-from qwenvl_min import rope  # noqa: E402
+from qwenvl_min import TextConfig, rope  # noqa: E402
 from qwenvl_min.kernels import apply_rotary  # noqa: E402
+
+# the released text rotary (head_dim 128, theta 1e6, sections [16, 24, 24]) on a one-head config
+ROPE_CONFIG = TextConfig(
+    vocab_size=8, hidden_size=128, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+    rms_norm_eps=1e-6, rope_theta=1e6, mrope_section=(16, 24, 24), tie_word_embeddings=True,
+)  # fmt: skip
 
 Case = dict  # name, q, k (our (.., H, D) layout), cos, sin (half width), positions (M-RoPE only)
 
@@ -45,7 +51,7 @@ def vision_case(px: int, dtype: torch.dtype, device: str, heads: int = 16) -> Ca
 def mrope_case(model: str, tokens: int, dtype: torch.dtype, device: str) -> Case:
     hq, hk = {"2B": (12, 2), "7B": (28, 4), "tiny": (3, 1)}[model]
     positions = torch.arange(tokens, device=device).expand(3, 1, tokens)  # text-only positions
-    cos, sin = rope.mrope_table(positions, 128, 1e6, (16, 24, 24), dtype)
+    cos, sin = rope.mrope_table(positions, ROPE_CONFIG, dtype)
     # transformers' layout is (B, H, T, D), a transposed view of the (B, T, H, D) projections
     q = torch.randn(1, tokens, hq, 128, device=device, dtype=dtype)
     k = torch.randn(1, tokens, hk, 128, device=device, dtype=dtype)

@@ -123,7 +123,7 @@ def matmul_flops(config: Config, grid: torch.Tensor) -> float:
 
 
 def _window_sizes(config: Config, grid: torch.Tensor) -> list[int]:
-    from qwenvl_min.segments import window_layout
+    from qwenvl_min.geometry import window_layout
 
     return window_layout(grid, config.vision.window_merged, config.vision.merge_size)[1]
 

@@ -33,7 +33,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 
 from qwenvl_min.attention import segment_attention_torch  # noqa: E402
 from qwenvl_min.kernels import window_attention  # noqa: E402
-from qwenvl_min.segments import Segments, frame_lengths, window_layout  # noqa: E402
+from qwenvl_min.geometry import frame_lengths, window_layout  # noqa: E402
+from qwenvl_min.segments import Segments  # noqa: E402
 
 HEADS, HEAD_DIM = 16, 80
 SCALE = HEAD_DIM**-0.5

@@ -1,16 +1,30 @@
-"""Non-causal attention over segments (the vision tower's attention): the torch path.
+"""Attention functions: what an attention module calls to turn q, k, v into its output.
 
-Segments of equal length are batched into one SDPA call each (`Segments.groups`), so there is no
-per-window Python loop and no dense N x N mask. `qwenvl_min.dispatch.segment_attention` chooses between
-this and the Triton kernel.
+Every attention module holds its function as the attribute `attend` (see `vision.VisionAttention` and
+`text.TextAttention`), so one block's attention is changed by assigning another function to it; the
+module's parameters and state-dict keys stay as they are. Two contracts:
 
-`segment_attention_probs` is the exact path used when a tap asks for attention maps: it materializes
-softmax(q k^T * scale) in fp32 per length group and returns the maps with the output.
+vision  attend(q, k, v, segments, scale) -> out
+        q, k, v, out (N, H, Dh) in pixel_values row order; `segments` (`segments.Segments`) says which
+        rows attend to each other (non-causal, softmax(q k^T * scale) v within each segment). How the
+        rows are brought into segment order is the function's business: the torch path gathers each
+        length group, the Triton kernel permutes by `segments.order`.
+text    attend(q, k, v, mask, scale) -> out
+        q (B, H, T, Dh), k and v (B, G, K, Dh) with H a multiple of G (query head i uses kv head
+        i // (H / G)), out (B, H, T, Dh). `mask` is a boolean (B, 1, T, K) "query may see key", or None
+        for plain causal attention with the T queries at the end of the K keys (T == K, or T == 1).
 
-Shape legend: N packed tokens, H heads, D head_dim, S_g segments of one length L.
+This file holds the torch implementations: the fast ones (SDPA) and the exact, materializing ones that
+also return fp32 probabilities (used when a tap asks for attention maps).
+
+Shape legend: N packed rows, H query heads, G kv heads, Dh head dim, S_g segments of one length L,
+B batch, T queries, K keys.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,42 +32,41 @@ from torch import Tensor
 
 from .segments import LengthGroup, Segments
 
+VisionAttend = Callable[[Tensor, Tensor, Tensor, Segments, float], Tensor]
+TextAttend = Callable[[Tensor, Tensor, Tensor, "Tensor | None", float], Tensor]
 
+
+# ---- vision: segments ---------------------------------------------------------------------------------------
 def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
-    """(N, H, D) -> (S_g, H, L, D) for one length group (a view when the group is one contiguous run)."""
-    n_seg, length = group.starts.numel(), group.length
-    if group.contiguous:
-        start = int(group.starts[0])
-        x = x[start : start + n_seg * length].view(n_seg, length, *x.shape[1:])
+    """(N, H, D) -> (S_g, H, L, D) for one length group (a view when the group is one run of rows)."""
+    if group.first is not None:
+        x = x[group.first : group.first + group.count * group.length].view(group.count, group.length, *x.shape[1:])
     else:
-        x = x[group.token_positions()]  # (S_g, L, H, D)
+        x = x[group.index]  # (S_g, L, H, D)
     return x.transpose(1, 2)
 
 
 def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
-    """Write (S_g, H, L, D) results of one group back into the packed (N, H, D) output."""
+    """Write (S_g, H, L, D) results of one group into their rows of the (N, H, D) output."""
     values = values.transpose(1, 2)  # (S_g, L, H, D)
-    if group.contiguous:
-        start = int(group.starts[0])
-        out[start : start + values.shape[0] * group.length] = values.reshape(-1, *values.shape[2:])
+    if group.first is not None:
+        rows = out[group.first : group.first + group.count * group.length]
+        rows.view(values.shape).copy_(values)
     else:
-        out[group.token_positions().reshape(-1)] = values.reshape(-1, *values.shape[2:])
+        out[group.index.reshape(-1)] = values.reshape(-1, *values.shape[2:])
 
 
 def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
-    """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D)."""
-    if (
-        len(segments.groups) == 1
-        and segments.groups[0].contiguous
-        and segments.groups[0].length == q.shape[0]
-    ):
+    """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D), rows in row order."""
+    groups = segments.groups
+    if len(groups) == 1 and groups[0].first == 0 and groups[0].count == 1:
         # one segment covering everything (a single image in a full-attention block): no gather. SDPA gets
         # a batch dim on purpose: with 3-D inputs the CPU dispatcher takes the math path, which
         # materializes the (H, N, N) scores (1 GB at N = 4096) instead of running the flash kernel.
         q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, H, N, D)
         return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
     out = q.new_empty(q.shape)
-    for group in segments.groups:
+    for group in groups:
         values = F.scaled_dot_product_attention(
             _gather_group(q, group), _gather_group(k, group), _gather_group(v, group), scale=scale
         )  # (S_g, H, L, D)
@@ -61,25 +74,65 @@ def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments,
     return out
 
 
-def segment_attention_probs(
-    q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float
-) -> tuple[Tensor, list[Tensor]]:
-    """Exact attention that also returns the maps: output (N, H, D) and, per length group, the fp32
-    probabilities (S_g, H, L, L) in the order of `segments.groups`."""
-    out = q.new_empty(q.shape)
-    maps = []
+@dataclass
+class SegmentMaps:
+    """Vision attention maps of one block, grouped like the attention itself (segments of equal length).
+
+    probs[g]: (S_g, heads, L_g, L_g) fp32 softmax probabilities of the g-th group's segments (rows are
+    queries); token_index[g]: (S_g, L_g) the pixel_values row of each query/key in those segments.
+    """
+
+    probs: list[Tensor]
+    token_index: list[Tensor]
+
+    def dense(self, num_tokens: int) -> Tensor:
+        """(heads, N, N) map in row order, zero across segments. O(N^2) memory: small inputs only."""
+        heads = self.probs[0].shape[1]
+        out = torch.zeros(heads, num_tokens, num_tokens, dtype=torch.float32, device=self.probs[0].device)
+        for probs, index in zip(self.probs, self.token_index):
+            rows = index[:, :, None].expand(-1, -1, index.shape[1])  # (S_g, L, L)
+            cols = index[:, None, :].expand(-1, index.shape[1], -1)
+            out[:, rows, cols] = probs.permute(1, 0, 2, 3)  # (heads, S_g, L, L)
+        return out
+
+
+def segment_attention_maps(q: Tensor, k: Tensor, segments: Segments, scale: float) -> SegmentMaps:
+    """The exact fp32 probabilities softmax(q k^T * scale) of every segment, per length group."""
+    probs = []
     for group in segments.groups:
-        qg, kg, vg = (_gather_group(x, group) for x in (q, k, v))
+        qg, kg = _gather_group(q, group), _gather_group(k, group)
         scores = torch.matmul(qg.float(), kg.float().transpose(-1, -2)) * scale  # (S_g, H, L, L)
-        probs = scores.softmax(dim=-1)
-        _scatter_group(out, torch.matmul(probs.to(vg.dtype), vg), group)
-        maps.append(probs)
-    return out, maps
+        probs.append(scores.softmax(dim=-1))
+    return SegmentMaps(probs, [group.index for group in segments.groups])
 
 
-def attention_from_probs(v: Tensor, segments: Segments, maps: list[Tensor]) -> Tensor:
-    """Output (N, H, D) of segment attention given (possibly replaced) per-group probability maps."""
+def segment_attention_from_maps(v: Tensor, segments: Segments, maps: SegmentMaps) -> Tensor:
+    """Output (N, H, D) of segment attention given per-group probability maps (possibly replaced)."""
     out = v.new_empty(v.shape)
-    for group, probs in zip(segments.groups, maps):
+    for group, probs in zip(segments.groups, maps.probs):
         _scatter_group(out, torch.matmul(probs.to(v.dtype), _gather_group(v, group)), group)
     return out
+
+
+# ---- text: causal with optional padding mask ----------------------------------------------------------------
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """SDPA; see the module docstring for the contract (mask None: causal, queries at the end)."""
+    causal = mask is None and q.shape[2] > 1
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
+
+
+def causal_attention_maps(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """The exact fp32 probabilities (B, H, T, K) that `causal_attention` applies."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # query head i uses kv head i // groups
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, T, K)
+    if mask is None:
+        t, total = q.shape[2], k.shape[2]
+        mask = torch.ones(t, total, dtype=torch.bool, device=q.device).tril(total - t)
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+def causal_attention_from_maps(v: Tensor, probs: Tensor) -> Tensor:
+    """Output (B, H, T, Dh) given probabilities (B, H, T, K) over the keys of kv heads v (B, G, K, Dh)."""
+    v = v.repeat_interleave(probs.shape[1] // v.shape[1], dim=1)
+    return torch.matmul(probs.to(v.dtype), v)

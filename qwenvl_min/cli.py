@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     latents = sub.add_parser("latents", help="save chosen taps for many inputs, one .safetensors each")
     _add_model(latents)
     latents.add_argument(
-        "--taps", required=True, help="comma-separated tap names, e.g. vision.pre_merge,text.layers.3"
+        "--taps", required=True, help="comma-separated tap names, e.g. visual.merger.input,text.layers.3"
     )
     latents.add_argument("--out", required=True, help="output directory (existing outputs are skipped)")
     latents.add_argument("inputs", nargs="+", help="image / video files")

@@ -20,7 +20,7 @@ from .processor import (
     preprocess_image,
     preprocess_video,
 )
-from .segments import window_layout
+from .geometry import window_layout
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -84,8 +84,14 @@ class TextConfig:
     mrope_section: tuple[int, ...]
     tie_word_embeddings: bool
     max_position_embeddings: int = 32768
+    mrope_layout: str = "sections"  # which position axis drives each rotary frequency: rope.MROPE_LAYOUTS
+
 
     def __post_init__(self) -> None:
+        from .rope import MROPE_LAYOUTS  # rope knows the layouts; it needs nothing from this module
+
+        if self.mrope_layout not in MROPE_LAYOUTS:
+            raise ConfigError(f"mrope_layout {self.mrope_layout!r} is not one of {sorted(MROPE_LAYOUTS)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"text hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
@@ -172,6 +178,11 @@ class Config:
     def to_hf(self) -> dict[str, Any]:
         """A transformers-5 (nested) config.json dict that `Qwen2VLConfig` / `Qwen2_5_VLConfig` load."""
         v, t = self.vision, self.text
+        if t.mrope_layout != "sections":
+            raise ConfigError(
+                f"mrope_layout {t.mrope_layout!r} has no Qwen2-VL / Qwen2.5-VL config spelling (those models "
+                "use contiguous sections); keep such a model in our own format"
+            )
         vision: dict[str, Any] = {
             "model_type": f"{self.model_type}_vision",
             "depth": v.depth,

@@ -215,10 +215,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # vision tower alone, reading one block's attention maps for the heatmap
     block = max(v.fullatt_block_indexes) if v.fullatt_block_indexes else v.depth - 1
-    taps = model.taps(read=[f"vision.blocks.{block}.attn.probs"])
+    maps_name = f"visual.blocks.{block}.attn.probs"
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        model.visual.run(image_in["pixel_values"], image_in["image_grid_thw"], taps)
+    with torch.inference_mode(), model.taps(read=[maps_name]) as taps:
+        model.visual(image_in["pixel_values"], image_in["image_grid_thw"])
     t_vision = time.perf_counter() - t0
 
     # generation: time to the first token is the prefill (vision tower included)
@@ -236,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"generated ids: {tokens}  (random weights: ids, not words)")
 
     written = _demo_pictures(
-        out, config, image_in, video_in, taps.cache[f"vision.blocks.{block}.attn.probs"], block, len(frames)
+        out, config, image_in, video_in, taps.cache[maps_name], block, len(frames)
     )
     print("wrote: " + "  ".join(str(p) for p in written))
     return 0

@@ -2,7 +2,7 @@
 
 Shape legend: B batch, T prompt tokens (left padded), n new tokens, V vocab, E LLM width.
 
-Positions (DESIGN.md section 2): the prefill derives 3-D positions from the prompt with `get_rope_index`,
+Positions (docs/design.md, "3-D positions"): the prefill derives 3-D positions from the prompt with `get_rope_index`,
 which also returns each row's delta; the n-th new token of row b then takes
 (valid prompt length of b) + n + delta[b] on all three axes (`positions.generation_positions`). The deltas
 live in this function's locals, never on the module, so one model can serve interleaved calls.
@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .model import QwenVL
@@ -163,11 +162,6 @@ def generate(
 # ---- steps ----------------------------------------------------------------------------------------------
 
 
-def _lm_head(model: QwenVL, hidden: Tensor) -> Tensor:
-    weight = model.text.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    return F.linear(hidden, weight)
-
-
 def _prefill(
     model: QwenVL,
     input_ids: Tensor,
@@ -180,7 +174,7 @@ def _prefill(
     cache: KVCache,
 ) -> tuple[Tensor, Tensor]:
     """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1)."""
-    out = model.run(
+    out = model(
         input_ids,
         attention_mask=attention_mask,
         pixel_values=pixel_values,
@@ -189,7 +183,7 @@ def _prefill(
         video_grid_thw=video_grid_thw,
         second_per_grid_ts=second_per_grid_ts,
         cache=cache,
-        last_only=True,
+        logits_to_keep=1,
     )
     return out.logits[:, -1], out.rope_deltas
 
@@ -197,13 +191,9 @@ def _prefill(
 def _decode(
     model: QwenVL, tokens: Tensor, positions: Tensor, key_valid: Tensor | None, cache: KVCache
 ) -> Tensor:
-    """One cached step: tokens (B,), positions (3, B, 1), key_valid (B, K) or None -> logits (B, V).
-
-    Calls the decoder directly rather than `QwenVL.run`: a decode step has no vision tokens, and skipping
-    run's per-call input checks (each a host sync) is a measurable part of a tiny model's step time.
-    """
-    hidden = model.text(model.text.embed_tokens(tokens[:, None]), positions, key_valid, cache)  # (B, 1, E)
-    return _lm_head(model, hidden[:, -1])
+    """One cached step: tokens (B,), positions (3, B, 1), key_valid (B, K) or None -> logits (B, V)."""
+    out = model(tokens[:, None], attention_mask=key_valid, cache=cache, positions=positions)
+    return out.logits[:, -1]
 
 
 def _pick(

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .cli_support import CliError, is_video, load_model, preprocess, vision_prompt
-from .taps import SegmentMaps, Taps
+from .taps import SegmentMaps, TapError, Taps
 
 
 def _tap_tensors(name: str, value: object) -> dict[str, Tensor]:
@@ -49,7 +49,7 @@ def cmd_latents(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.taps.split(",") if n.strip()]
     if not names:
-        raise CliError("--taps is empty; name at least one tap, e.g. vision.pre_merge,text.layers.0")
+        raise CliError("--taps is empty; name at least one tap, e.g. visual.merger.input,text.layers.0")
     inputs = [Path(p) for p in args.inputs]
     stems = Counter(p.stem for p in inputs)
     if clash := sorted(s for s, n in stems.items() if n > 1):
@@ -58,8 +58,8 @@ def cmd_latents(args: argparse.Namespace) -> int:
         )
     model = load_model(args.model, args.dtype, args.device)
     try:
-        Taps(model.config, read=names)  # check the names before any work
-    except KeyError as err:
+        Taps(model, read=names)  # check the names before any work
+    except TapError as err:
         raise CliError(err.args[0]) from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,10 +75,9 @@ def cmd_latents(args: argparse.Namespace) -> int:
             vision = preprocess(path, args.min_pixels, args.max_pixels)
             if model.config.model_type == "qwen2_vl":
                 vision.pop("second_per_grid_ts", None)
-            taps = model.taps(read=names)
             ids = vision_prompt(model.config, vision).to(device)
-            with torch.inference_mode():
-                model.run(ids, **{k: t.to(device) for k, t in vision.items()}, taps=taps)
+            with torch.inference_mode(), model.taps(read=names) as taps:
+                model(ids, **{k: t.to(device) for k, t in vision.items()})
             tensors: dict[str, Tensor] = {}
             for name in names:
                 tensors |= _tap_tensors(name, taps.cache[name])

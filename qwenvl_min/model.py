@@ -13,30 +13,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import dispatch
 from .config import Config
 from .positions import get_rope_index
 from .taps import Replacement, Taps, tap_names
-from .text import KVCache, TextModel
-from .vision import VisionTower, check_vision_inputs
+from .text import KVCache, TextAttention, TextModel
+from .vision import VisionAttention, VisionTower, check_vision_inputs, vision_layout
 
 
 @dataclass
 class ForwardOutput:
-    logits: Tensor  # (B, T, V)
+    logits: Tensor  # (B, T, V), or (B, logits_to_keep, V)
     positions: Tensor  # (3, B, T) the M-RoPE positions used
     rope_deltas: Tensor | None  # (B, 1) when positions were derived from the prompt (see positions.py)
+    cache: KVCache | None  # the cache passed in, now holding these tokens too
 
 
 class QwenVL(nn.Module):
-    def __init__(self, config: Config) -> None:
+    """Vision tower (`visual`) + Qwen2 decoder (`text`) + `lm_head` (None when tied to the embeddings).
+
+    `kernels` chooses the attention / rotary functions of every block: "torch", "triton" or "auto"
+    (kernels on CUDA, torch elsewhere); None reads QWENVL_MIN_KERNELS (see `qwenvl_min.dispatch`).
+    """
+
+    def __init__(self, config: Config, *, kernels: str | None = None) -> None:
         super().__init__()
         self.config = config
-        self.visual = VisionTower(config.vision)
-        self.text = TextModel(config.text)
+        kernels = dispatch.resolve_kernels(kernels)
+        self.visual = VisionTower(config.vision, kernels)
+        self.text = TextModel(config.text, kernels)
         tied = config.text.tie_word_embeddings
         self.lm_head = (
             None if tied else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         )
+
+    def set_kernels(self, kernels: str | None) -> None:
+        """Switch every attention module to the defaults of another kernel choice (this replaces any
+        `attend` function assigned by hand)."""
+        choice = dispatch.resolve_kernels(kernels)
+        for module in self.modules():
+            if isinstance(module, (VisionAttention, TextAttention)):
+                module.set_kernels(choice)
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -52,11 +69,12 @@ class QwenVL(nn.Module):
         return model.eval()
 
     def taps(self, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None) -> Taps:
-        """A tap set for one `run`/`forward` call; after the call, `taps.cache` holds what was read."""
-        return Taps(self.config, read, replace)
+        """Read / replace internal tensors by name for the forwards run inside `with model.taps(...) as t:`;
+        `t.cache` holds what was read (see `qwenvl_min.taps`)."""
+        return Taps(self, read, replace)
 
     def tap_names(self) -> list[str]:
-        return tap_names(self.config)
+        return tap_names(self)
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(
@@ -69,40 +87,17 @@ class QwenVL(nn.Module):
         pixel_values_videos: Tensor | None = None,
         video_grid_thw: Tensor | None = None,
         second_per_grid_ts: Tensor | None = None,
-        taps: Taps | None = None,
-    ) -> Tensor:
-        """Logits (B, T, V) for a prompt. Left padding goes through attention_mask (1 valid, 0 pad)."""
-        return self.run(
-            input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            pixel_values_videos=pixel_values_videos,
-            video_grid_thw=video_grid_thw,
-            second_per_grid_ts=second_per_grid_ts,
-            taps=taps,
-        ).logits
-
-    def run(
-        self,
-        input_ids: Tensor,
-        *,
-        attention_mask: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        image_grid_thw: Tensor | None = None,
-        pixel_values_videos: Tensor | None = None,
-        video_grid_thw: Tensor | None = None,
-        second_per_grid_ts: Tensor | None = None,
-        taps: Taps | None = None,
         cache: KVCache | None = None,
         positions: Tensor | None = None,
-        last_only: bool = False,
+        logits_to_keep: int = 0,
     ) -> ForwardOutput:
-        """The full forward. With a non-empty `cache`, input_ids are the new tokens only, attention_mask
-        covers past + new tokens, and `positions` (3, B, T) must be given (see
-        `positions.generation_positions`). `last_only` applies the lm_head to the last position only
-        (logits (B, 1, V)): a prefill needs no more, and at the real vocab (152k) the full projection
-        costs more than the rest of it."""
+        """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
+
+        With a non-empty `cache`, input_ids are the new tokens only, attention_mask covers past + new
+        tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`).
+        `logits_to_keep` > 0 applies the lm_head to the last that many positions only (0: all): a prefill
+        needs one, and at the real vocab (152k) the full projection costs more than the rest of it.
+        """
         cfg = self.config
         self._check_token_inputs(input_ids, attention_mask, cache)
         if cfg.model_type == "qwen2_vl" and second_per_grid_ts is not None:
@@ -111,7 +106,7 @@ class QwenVL(nn.Module):
             )
         embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
         embeds = self._insert_vision(
-            input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, taps
+            input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
         )
         deltas = None
         past = 0 if cache is None else cache.length
@@ -125,11 +120,11 @@ class QwenVL(nn.Module):
                 cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, new_mask
             )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-        hidden = self.text(embeds, positions, key_valid, cache, taps)
-        if last_only:
-            hidden = hidden[:, -1:]
-        weight = self.text.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return ForwardOutput(F.linear(hidden, weight), positions, deltas)
+        hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = F.linear(hidden, self.text.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+        return ForwardOutput(logits, positions, deltas, cache)
 
     def _check_token_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None
@@ -170,7 +165,6 @@ class QwenVL(nn.Module):
         image_grid_thw: Tensor | None,
         pixel_values_videos: Tensor | None,
         video_grid_thw: Tensor | None,
-        taps: Taps | None,
     ) -> Tensor:
         """Run the tower once over images then videos and write the merged features over the pad tokens."""
         cfg = self.config
@@ -184,35 +178,30 @@ class QwenVL(nn.Module):
                 given, missing = (kind, grid_name) if grid is None else (grid_name, kind)
                 raise ValueError(f"{given} was given without {missing}; pass both or neither")
             slots = input_ids == token
+            count = int(slots.sum())
             if pixels is None:
-                if slots.any():
+                if count:
                     raise ValueError(
-                        f"input_ids hold {int(slots.sum())} {'image' if token == cfg.image_token_id else 'video'} "
+                        f"input_ids hold {count} {'image' if token == cfg.image_token_id else 'video'} "
                         f"pad tokens (id {token}) but no {kind} were given"
                     )
                 continue
-            check_vision_inputs(cfg.vision, pixels, grid, kind)
+            check_vision_inputs(cfg.vision, pixels, grid, kind)  # the one check of these inputs
             merged = int(grid.prod(dim=1).sum()) // cfg.vision.merge_size**2
-            if int(slots.sum()) != merged:
+            if count != merged:
                 raise ValueError(
-                    f"input_ids hold {int(slots.sum())} pad tokens (id {token}) but {kind} with grids "
+                    f"input_ids hold {count} pad tokens (id {token}) but {kind} with grids "
                     f"{grid.tolist()} give {merged} merged features; expand each placeholder to t*h*w/"
                     f"{cfg.vision.merge_size**2} tokens"
                 )
             parts.append((pixels, grid, slots))
         if not parts:
             return embeds
-        pixels = torch.cat([p.to(self.visual.patch_embed.weight.dtype) for p, _, _ in parts])
+        pixels = torch.cat([p for p, _, _ in parts])
         grids = torch.cat([g for _, g, _ in parts])
-        features = self.visual.run(pixels, grids, taps).to(embeds.dtype)  # (M_images + M_videos, E)
-        embeds = embeds.clone()
-        start = 0
-        for _, _, slots in parts:
-            count = int(slots.sum())
-            embeds[slots] = features[start : start + count]  # row-major over the flattened batch
-            start += count
-        return embeds
-
-    @staticmethod
-    def new_cache(config: Config) -> KVCache:
-        return KVCache(config.text.num_layers)
+        layout = vision_layout(cfg.vision, grids, pixels.device)
+        features = self.visual(pixels, grids, layout=layout).to(embeds.dtype)  # (M_images + M_videos, E)
+        # images' pad tokens first, then the videos', each row-major over the flattened batch
+        slots = torch.cat([s.reshape(-1).nonzero().squeeze(1) for _, _, s in parts])
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features)
+        return flat.view(embeds.shape)

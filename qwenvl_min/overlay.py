@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from .geometry import patch_coordinates, rows_to_frames
 from .processor import IMAGE_MEAN, IMAGE_STD
-from .rope import vision_patch_coordinates
 
 WINDOW_COLORS = ((255, 80, 80), (80, 200, 255), (255, 210, 60), (120, 230, 120), (220, 120, 255))
 # "inferno"-like anchors (dark purple -> red -> yellow) for heatmaps, interpolated linearly
@@ -31,12 +31,8 @@ def frames_from_patches(
     """Undo patchify + normalize for one image/video: rows (t*h*w, C*T*P*P) -> uint8 frames (t*T, h*P, w*P, C)."""
     t, h, w = grid_thw
     p, tp, m = patch_size, temporal_patch_size, merge_size
-    x = pixel_values.detach().float().cpu().numpy().reshape(t, h // m, w // m, m, m, -1, tp, p, p)
-    mean = np.asarray(IMAGE_MEAN, dtype=np.float32)[:, None, None, None]
-    std = np.asarray(IMAGE_STD, dtype=np.float32)[:, None, None, None]
-    x = x * std + mean  # (..., C, T, P, P) in [0, 1]
-    # (t, by, bx, iy, ix, C, T, py, px) -> (t, T, by, iy, py, bx, ix, px, C)
-    x = x.transpose(0, 6, 1, 3, 7, 2, 4, 8, 5).reshape(t * tp, h * p, w * p, -1)
+    x = rows_to_frames(pixel_values.detach().float().cpu().numpy(), (t, h, w), p, tp, m)  # (t*tp, H, W, C)
+    x = x * np.asarray(IMAGE_STD, dtype=np.float32) + np.asarray(IMAGE_MEAN, dtype=np.float32)  # in [0, 1]
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
@@ -138,7 +134,7 @@ def patch_grid_values(values: Tensor, grid_thw: tuple[int, int, int], merge_size
     """Per-row values (N,) of one image in pixel_values row order -> (h, w) array over the patch grid
     (first temporal patch)."""
     t, h, w = grid_thw
-    coords = vision_patch_coordinates(torch.tensor([[1, h, w]]), merge_size)  # (h*w, 2) row, col
+    coords = patch_coordinates(torch.tensor([[1, h, w]]), merge_size)  # (h*w, 2) row, col
     out = np.zeros((h, w), dtype=np.float64)
     out[coords[:, 0].numpy(), coords[:, 1].numpy()] = values[: h * w].detach().double().cpu().numpy()
     return out
@@ -147,5 +143,5 @@ def patch_grid_values(values: Tensor, grid_thw: tuple[int, int, int], merge_size
 def patch_row_index(grid_thw: tuple[int, int, int], row: int, col: int, merge_size: int = 2) -> int:
     """The pixel_values row (first temporal patch) of patch (row, col)."""
     _, h, w = grid_thw
-    coords = vision_patch_coordinates(torch.tensor([[1, h, w]]), merge_size)
+    coords = patch_coordinates(torch.tensor([[1, h, w]]), merge_size)
     return int(((coords[:, 0] == row) & (coords[:, 1] == col)).nonzero()[0])

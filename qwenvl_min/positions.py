@@ -1,6 +1,6 @@
 """3-D M-RoPE positions (temporal, height, width) for a token sequence with images and videos.
 
-The rule the released models were trained with (DESIGN.md section 2): walk the sequence with a cursor s;
+The rule the released models were trained with: walk the sequence with a cursor s;
   * a text token takes (s, s, s) and advances s by one;
   * a vision block with merged grid (t, H', W') takes, for its token (k, i, j) in feature order,
         (s + floor(k * step), s + i, s + j)
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import Config
+from .geometry import merged_coordinates
 
 
 def get_rope_index(
@@ -121,9 +122,9 @@ def get_rope_index(
 
 def vision_block_positions(t: int, h: int, w: int, step: Tensor) -> Tensor:
     """(3, t*h*w) positions of one vision block relative to its start, in feature order (frame, row, col)."""
-    temporal = (torch.arange(t) * step).long()  # float32 product, truncated: the reference's rounding
-    grid_t, grid_h, grid_w = torch.meshgrid(temporal, torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.stack((grid_t, grid_h, grid_w)).reshape(3, -1)
+    coords = merged_coordinates(t, h, w).T  # (3, M): frame, row, col of each merged token
+    temporal = (coords[0] * step).long()  # float32 product, truncated: the reference's rounding
+    return torch.stack((temporal, coords[1], coords[2]))
 
 
 def generation_positions(deltas: Tensor, valid_lengths: Tensor, offset: int, count: int) -> Tensor:

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .geometry import frames_to_rows, still_to_rows
+
 PATCH_SIZE = 14
 TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
@@ -203,11 +205,11 @@ def _over_row_chunks(work: Callable[[slice], None], rows: int) -> None:
 def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 with T a multiple of the temporal patch → normalized rows (t·h·w, 3·tp·p·p) fp32."""
     t, h, w, c = frames.shape
-    gt, gh, gw, p, m = t // temporal_patch_size, h // patch_size, w // patch_size, patch_size, merge_size
+    gt, gh, gw, p = t // temporal_patch_size, h // patch_size, w // patch_size, patch_size
     # Reorder the *uint8* pixels (1 byte each) into row order first, then gather the floats in one pass.
-    x = frames.reshape(gt, temporal_patch_size, gh // m, m, p, gw // m, m, p, c)
-    # -> (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x)
-    x = x.transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)  # a view; each thread copies its own temporal patches
+    # (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x), a view: each
+    # thread copies its own temporal patches
+    x = frames_to_rows(frames, patch_size, temporal_patch_size, merge_size)
     out = np.empty(x.shape, dtype=np.float32)
 
     def work(rows: slice) -> None:
@@ -224,10 +226,8 @@ def _patchify_still(
 ) -> np.ndarray:
     """A still image is `temporal_patch_size` identical frames: gather once, then copy along time."""
     h, w, c = frame.shape
-    gh, gw, p, m = h // patch_size, w // patch_size, patch_size, merge_size
-    x = frame.reshape(gh // m, m, p, gw // m, m, p, c).transpose(
-        0, 3, 1, 4, 6, 2, 5
-    )  # (by, bx, iy, ix, c, py, px)
+    gh, gw, p = h // patch_size, w // patch_size, patch_size
+    x = still_to_rows(frame, patch_size, merge_size)  # (by, bx, iy, ix, c, py, px), a view
     out = np.empty((*x.shape[:5], temporal_patch_size, p, p), dtype=np.float32)
 
     def work(rows: slice) -> None:

@@ -1,6 +1,6 @@
 """Rotary position embedding: frequency tables and the torch rotate-half application.
 
-Both rotaries of the model are the same operation (DESIGN.md section 2): every token carries a
+Both rotaries of the model are the same operation: every token carries a
 half-width angle vector a (D/2 values) and a head vector x (D values) is rotated pairwise,
     x'[i]       = x[i] * cos a[i] - x[i + D/2] * sin a[i]
     x'[i + D/2] = x[i + D/2] * cos a[i] + x[i] * sin a[i]        (i < D/2)
@@ -8,17 +8,25 @@ which is `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` ("rotate-half", Ne
 Only the angle table differs:
   * vision 2D-RoPE: a = [row * f | col * f] with f_i = theta^(-2i/(D/2)), i < D/4 (theta 1e4);
   * text M-RoPE:    a_j = p_axis(j) * f_j with f_j = theta^(-2j/D), j < D/2 (theta 1e6), where axis(j)
-    is temporal / height / width by contiguous chunks of `mrope_section` (e.g. [16, 24, 24]).
+    is temporal / height / width by contiguous chunks of `mrope_section` (e.g. [16, 24, 24]) in the
+    released models; other layouts are one function each in MROPE_LAYOUTS.
 
 Shape legend: N packed tokens, B batch, T sequence, H heads, D head_dim, R = D/2 (half width).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from .geometry import patch_coordinates
+
+if TYPE_CHECKING:
+    from .config import TextConfig
 
 
 def inverse_frequencies(dim: int, theta: float) -> Tensor:
@@ -57,49 +65,48 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     return rotate(q), rotate(k)
 
 
-def vision_patch_coordinates(grid_thw: Tensor, merge_size: int) -> Tensor:
-    """(row, col) patch coordinate of every pixel_values row, in input (merge-block) order: (N, 2) int64.
-
-    Rows are ordered per temporal patch by 2x2 merge block, blocks row-major, (0,0),(0,1),(1,0),(1,1)
-    inside a block; every temporal patch repeats the coordinates of the first (time is not rotated).
-    """
-    coords = []
-    for t, h, w in grid_thw.tolist():
-        rows = (
-            torch.arange(h)
-            .view(h // merge_size, merge_size, 1, 1)
-            .expand(-1, -1, w // merge_size, merge_size)
-        )
-        cols = (
-            torch.arange(w)
-            .view(1, 1, w // merge_size, merge_size)
-            .expand(h // merge_size, merge_size, -1, -1)
-        )
-        # (bh, mh, bw, mw) -> (bh, bw, mh, mw): merge-block order
-        rows = rows.permute(0, 2, 1, 3).reshape(-1)
-        cols = cols.permute(0, 2, 1, 3).reshape(-1)
-        coords.append(torch.stack((rows, cols), dim=-1).repeat(t, 1))
-    return torch.cat(coords)
-
-
 def vision_rotary_table(
     grid_thw: Tensor, head_dim: int, theta: float, merge_size: int
 ) -> tuple[Tensor, Tensor]:
-    """cos/sin (N, D/2) fp32 for the vision tower, in input row order."""
+    """cos/sin (N, D/2) fp32 for the vision tower, in pixel_values row order."""
     inv_freq = inverse_frequencies(head_dim // 2, theta)  # (D/4,)
-    coords = vision_patch_coordinates(grid_thw, merge_size).to(torch.float32)  # (N, 2)
+    coords = patch_coordinates(grid_thw, merge_size).to(torch.float32)  # (N, 2) row, col
     angles = (coords[:, :, None] * inv_freq).flatten(1)  # (N, 2, D/4) -> (N, D/2) = [row*f | col*f]
     return angles.cos(), angles.sin()
 
 
-def mrope_table(
-    positions: Tensor, head_dim: int, theta: float, mrope_section: tuple[int, ...], dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """cos/sin (B, T, D/2) for M-RoPE from 3-D positions (3, B, T); angles in fp32, cast to `dtype`."""
-    if sum(mrope_section) * 2 != head_dim:
-        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
-    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, tuple(mrope_section), positions.device)
-    # frequency j takes its position from the axis owning j's chunk ([T | H | W] contiguous chunks)
+# ---- M-RoPE layouts: which position axis (0 time, 1 height, 2 width) drives each frequency ------------------
+MropeLayout = Callable[[tuple[int, ...]], Tensor]
+
+
+def sectioned_axes(mrope_section: tuple[int, ...]) -> Tensor:
+    """Qwen2-VL / Qwen2.5-VL: contiguous chunks, frequency j < s0 uses time, then s1 height, s2 width."""
+    return torch.repeat_interleave(torch.arange(3), torch.tensor(mrope_section))
+
+
+def interleaved_axes(mrope_section: tuple[int, ...]) -> Tensor:
+    """Interleaved M-RoPE (as in Qwen3-VL): frequency j uses axis j mod 3, so every axis spans low and
+    high frequencies; a section size only bounds how many frequencies an axis may take (the rest of an
+    exhausted axis's slots fall back to time)."""
+    rotary = sum(mrope_section)
+    axes = torch.arange(rotary) % 3
+    for axis in (1, 2):
+        slots = (axes == axis).nonzero().squeeze(1)
+        axes[slots[mrope_section[axis] :]] = 0
+    return axes
+
+
+MROPE_LAYOUTS: dict[str, MropeLayout] = {"sections": sectioned_axes, "interleaved": interleaved_axes}
+
+
+def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin (B, T, D/2) for M-RoPE from 3-D positions (3, B, T); angles in fp32, cast to `dtype`.
+
+    angle[b, t, j] = positions[axis(j), b, t] * inv_freq[j], where axis(j) comes from the config's
+    `mrope_layout` (see MROPE_LAYOUTS)."""
+    inv_freq, axis_of_freq = _mrope_constants(
+        config.head_dim, config.rope_theta, config.mrope_section, config.mrope_layout, positions.device
+    )
     per_freq = positions.permute(1, 2, 0).index_select(-1, axis_of_freq)  # (3, B, T) -> (B, T, R)
     angles = per_freq.to(torch.float32) * inv_freq  # (B, T, R), contiguous
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -107,10 +114,14 @@ def mrope_table(
 
 @cache
 def _mrope_constants(
-    head_dim: int, theta: float, mrope_section: tuple[int, ...], device: torch.device
+    head_dim: int, theta: float, mrope_section: tuple[int, ...], layout: str, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """inv_freq (R,) fp32 and the axis (0 T, 1 H, 2 W) of every frequency (R,), made once per setting:
-    they are constants, and rebuilding them every call was a visible share of a tiny model's decode step."""
+    """inv_freq (R,) fp32 and the axis of every frequency (R,), made once per setting: they are
+    constants, and rebuilding them every call was a visible share of a tiny model's decode step."""
+    if sum(mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     inv_freq = inverse_frequencies(head_dim, theta).to(device)
-    axis_of_freq = torch.repeat_interleave(torch.arange(3), torch.tensor(mrope_section)).to(device)
+    axis_of_freq = MROPE_LAYOUTS[layout](mrope_section).to(device)
+    if axis_of_freq.shape != (head_dim // 2,):
+        raise ValueError(f"M-RoPE layout {layout!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}")
     return inv_freq, axis_of_freq

@@ -1,18 +1,22 @@
-"""Attention segments of the vision tower: per-frame segments and Qwen2.5-VL's 8x8-patch windows.
+"""Attention segments of the vision tower: which pixel_values rows attend to each other.
 
 Vision attention is block diagonal. Qwen2-VL attends within each temporal patch of each image/video
-("frame segments"); Qwen2.5-VL does the same in its `fullatt_block_indexes` blocks and otherwise within
-windows of 4x4 merged tokens (8x8 patches) tiled from the top-left of each frame's merged grid
-(edge windows are smaller). To make every window contiguous the tower permutes its tokens once, in
-whole merge units of 4 patches, into "window order"; frames stay contiguous under that permutation, so
-the frame segments are valid in both orders.
+("frame segments", contiguous in row order); Qwen2.5-VL does the same in its `fullatt_block_indexes`
+blocks and otherwise within windows of merged tokens (`geometry.window_layout`), which are *not*
+contiguous in row order.
 
-A `Segments` value carries the segment boundaries both as the int32 `cu_seqlens` a varlen kernel wants
-and as host-side groups of equal-length segments, which is what the torch path batches over: one SDPA
-call per distinct length (at most a handful: full windows, right/bottom edge, corner) instead of one
-per window, and no dense N x N mask.
+A `Segments` value describes one such partition in two forms, so that every attention implementation
+can take the one it needs without the caller knowing about windows:
+  * packed: `order` (N,) lists the rows so that every segment is one contiguous run, and `cu_seqlens`
+    gives the run boundaries (what a varlen kernel wants: gather rows by `order`, attend, scatter back
+    with `inverse`); `order` is None when row order already is packed order (frames);
+  * grouped: segments of equal length form a `LengthGroup` whose `index` (S_g, L) lists the rows of each
+    segment, which is what the torch path batches over: one SDPA call per distinct length (a handful:
+    full windows, right/bottom edges, corner) instead of one per window, and no dense N x N mask.
+Everything here is built once per forward, on the host, before the blocks run: the attention itself
+never reads a device value back (no host syncs inside the blocks).
 
-Shape legend: N patches, U = N / 4 merge units, S segments.
+Shape legend: N rows, S segments, S_g segments of one group, L their length.
 """
 
 from __future__ import annotations
@@ -25,20 +29,22 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class LengthGroup:
-    length: int  # tokens per segment in this group
-    starts: Tensor  # (S_g,) int64 first token of each segment
-    contiguous: bool  # the group's segments tile [starts[0], starts[0] + S_g * length) back to back
+    length: int  # rows per segment in this group (L)
+    index: Tensor  # (S_g, L) int64: the pixel_values row of every token of every segment
+    first: int | None  # when the group's segments tile rows [first, first + S_g * L) back to back: first
 
-    def token_positions(self) -> Tensor:
-        """(S_g, L) int64: the packed position of every token of every segment in the group."""
-        return self.starts[:, None] + torch.arange(self.length, device=self.starts.device)
+    @property
+    def count(self) -> int:
+        return self.index.shape[0]
 
 
 @dataclass(frozen=True)
 class Segments:
-    cu_seqlens: Tensor  # (S + 1,) int32, starts at 0, non-decreasing, ends at N
+    cu_seqlens: Tensor  # (S + 1,) int32 over packed order: starts at 0, non-decreasing, ends at N
     lengths: tuple[int, ...]  # host copy of the segment lengths (zero-length ones dropped)
     groups: tuple[LengthGroup, ...]
+    order: Tensor | None  # (N,) int64 row at each packed position; None when packed order = row order
+    inverse: Tensor | None  # (N,) int64 packed position of each row
 
     @property
     def max_len(self) -> int:
@@ -49,52 +55,33 @@ class Segments:
         return sum(self.lengths)
 
     @staticmethod
-    def from_lengths(lengths: list[int], device: torch.device | str = "cpu") -> Segments:
+    def from_lengths(
+        lengths: list[int], device: torch.device | str = "cpu", order: Tensor | None = None
+    ) -> Segments:
+        """Segments of the given lengths, back to back in packed order; `order` (N,) maps packed positions
+        to rows (None: packed order is row order)."""
         lengths = [n for n in lengths if n > 0]
         starts, total = [], 0
         for n in lengths:
             starts.append(total)
             total += n
-        cu = torch.tensor(
-            [0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32
-        )
+        if order is not None and order.shape != (total,):
+            raise ValueError(f"order must list all {total} rows, got shape {tuple(order.shape)}")
+        cu = torch.tensor([0, *[s + n for s, n in zip(starts, lengths)]], dtype=torch.int32)
         by_length: dict[int, list[int]] = {}
         for start, n in zip(starts, lengths):
             by_length.setdefault(n, []).append(start)
         groups = []
         for n, group_starts in sorted(by_length.items(), reverse=True):
-            contiguous = all(b - a == n for a, b in zip(group_starts, group_starts[1:]))
-            groups.append(
-                LengthGroup(n, torch.tensor(group_starts, dtype=torch.int64, device=device), contiguous)
-            )
-        return Segments(cu.to(device), tuple(lengths), tuple(groups))
-
-
-def frame_lengths(grid_thw: Tensor) -> list[int]:
-    """Patches per temporal patch of every image/video, in order: h*w repeated t times."""
-    return [h * w for t, h, w in grid_thw.tolist() for _ in range(t)]
-
-
-def window_layout(grid_thw: Tensor, window_merged: int, merge_size: int) -> tuple[Tensor, list[int]]:
-    """Window order of the merge units and the window sizes in patches.
-
-    Returns `unit_index` (U,) int64 such that `units_in_window_order = units_in_input_order[unit_index]`
-    (a unit is the merge_size^2 consecutive pixel_values rows of one merged token), and the patch count of
-    each window in that order. Windows are row-major per frame, frames and images outer; inside a window
-    merged tokens are row-major, which is the order transformers uses (its empty padding windows, made when
-    a side is an exact multiple of the window, have no tokens and are simply absent here).
-    """
-    unit_index, sizes, offset = [], [], 0
-    win = window_merged
-    for t, h, w in grid_thw.tolist():
-        hm, wm = h // merge_size, w // merge_size
-        nwh, nww = -(-hm // win), -(-wm // win)  # windows per column / row (ceil)
-        units = torch.full((t, nwh * win, nww * win), -1, dtype=torch.int64)
-        units[:, :hm, :wm] = torch.arange(t * hm * wm).view(t, hm, wm)  # pad bottom/right with -1
-        # (t, nwh, win, nww, win) -> (t, nwh, nww, win, win): one row per window, tokens row-major inside
-        units = units.view(t, nwh, win, nww, win).permute(0, 1, 3, 2, 4).reshape(-1, win * win)
-        valid = units >= 0
-        unit_index.append(units[valid] + offset)
-        sizes.extend((valid.sum(1) * merge_size**2).tolist())
-        offset += t * hm * wm
-    return torch.cat(unit_index), sizes
+            packed = torch.tensor(group_starts, dtype=torch.int64)[:, None] + torch.arange(n)  # (S_g, L)
+            index = packed if order is None else order[packed]
+            flat = index.reshape(-1)
+            run = torch.arange(int(flat[0]), int(flat[0]) + flat.numel())
+            first = int(flat[0]) if torch.equal(flat, run) else None  # one run of rows: views, no gather
+            groups.append(LengthGroup(n, index.to(device), first))
+        inverse = None
+        if order is not None:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel())
+            order, inverse = order.to(device), inverse.to(device)
+        return Segments(cu.to(device), tuple(lengths), tuple(groups), order, inverse)

@@ -1,112 +1,182 @@
-"""Taps: read and replace internal tensors of one forward, by stable names, without editing the model.
+"""Taps: read and replace internal tensors of a forward by name, through the module tree's own hooks.
 
-Names (list them with `tap_names(config)`; `{i}` is a block / layer index):
+A tap name is a module path (`model.named_modules()`), with a suffix for the few points that are not a
+module's output:
 
-| name                          | tensor                                                   |
-|-------------------------------|----------------------------------------------------------|
-| vision.patch_embed            | (N, D) patch embeddings, input row order                 |
-| vision.blocks.{i}             | (N, D) output of vision block i, input row order         |
-| vision.blocks.{i}.attn.probs  | `SegmentMaps`: fp32 attention maps of block i, per segment |
-| vision.pre_merge              | (N, D) features entering the merger, input row order     |
-| vision.post_merge             | (M, LLM width) merged features, one row per pad token    |
-| text.embed                    | (B, T, H) token embeddings with vision features inserted |
-| text.layers.{i}               | (B, T, H) output of decoder layer i                      |
-| text.layers.{i}.attn.probs    | (B, heads, T, T_kv) fp32 attention probabilities         |
-| text.norm                     | (B, T, H) final norm output (what the lm_head sees)      |
+| name                                 | tensor                                                           |
+|--------------------------------------|------------------------------------------------------------------|
+| `<module path>`                      | the module's output, e.g. `visual.blocks.3`, `text.layers.12.mlp` |
+| `<module path>.input`                | the module's first input, e.g. `visual.merger.input` (pre-merge)  |
+| `<attention path>.probs`             | attention probabilities (fp32) of one attention module            |
 
-Vision tensors cover the images' rows first, then the videos', each in grid order (one tower pass).
-"Input row order" is the order of `pixel_values` rows even for Qwen2.5-VL, whose tower internally runs in
-window order. A replacement is a tensor of the same shape or a function `f(tensor) -> tensor`; it flows
-into the rest of the forward. Attention maps are computed (by an exact, materializing path) only for the
-layers named; with no taps the forward pays nothing.
+Useful ones: `visual.patch_embed` (N, D) patch embeddings; `visual.blocks.{i}` (N, D); `visual.merger.input`
+(N, D) the pre-merge patch features; `visual.merger` (M, E) the merged features, one row per pad token;
+`text.layers.0.input` (B, T, E) token embeddings with the vision features inserted; `text.layers.{i}`
+(B, T, E); `text.norm` (B, T, E) what the lm_head sees; `visual.blocks.{i}.attn.probs` a `SegmentMaps`;
+`text.layers.{i}.attn.probs` (B, heads, T, K). `tap_names(model)` lists every name.
+
+Vision tensors are in pixel_values row order (every module of the tower works in that order) and cover
+the images' rows first, then the videos'. A replacement is a tensor of the same shape or a function
+`f(tensor) -> tensor`; it flows into the rest of the forward, and a read of the same name records what
+flows on. Reading or replacing `.probs` swaps that module's `attend` for the exact materializing
+attention (`qwenvl_min.attention`) for the duration of the `with` block, so maps are computed only for
+the modules asked for; outside a `with` block no hook is registered and the forward pays nothing.
+
+    with model.taps(read=["text.layers.12", "visual.merger.input"],
+                    replace={"text.layers.5": torch.zeros_like}) as taps:
+        out = model(**inputs)
+    taps.cache["text.layers.12"]
+
+Each forward inside the block overwrites what the previous one recorded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .attention import (
+    SegmentMaps,
+    causal_attention_from_maps,
+    causal_attention_maps,
+    segment_attention_from_maps,
+    segment_attention_maps,
+)
 from .config import Config
+from .segments import Segments
+from .text import TextAttention
+from .vision import VisionAttention
 
-Replacement = Tensor | Callable[[object], object]
-
-
-def tap_names(config: Config) -> list[str]:
-    """Every tap name of a model with this config, in forward order."""
-    v, t = config.vision, config.text
-    names = ["vision.patch_embed"]
-    for i in range(v.depth):
-        names += [f"vision.blocks.{i}.attn.probs", f"vision.blocks.{i}"]
-    names += ["vision.pre_merge", "vision.post_merge", "text.embed"]
-    for i in range(t.num_layers):
-        names += [f"text.layers.{i}.attn.probs", f"text.layers.{i}"]
-    return names + ["text.norm"]
+Replacement = Tensor | SegmentMaps | Callable[[Any], Any]
+INPUT, PROBS = ".input", ".probs"
+# names of the first release, before tap names were module paths
+_RENAMED = {
+    "vision.pre_merge": "visual.merger.input",
+    "vision.post_merge": "visual.merger",
+    "text.embed": "text.layers.0.input",
+}
 
 
-@dataclass
-class SegmentMaps:
-    """Vision attention maps of one block, grouped like the attention itself (segments of equal length).
+class TapError(ValueError):
+    """A tap name or replacement that does not fit the model."""
 
-    probs[g]: (S_g, heads, L_g, L_g) fp32 softmax probabilities of the g-th group's segments (rows are
-    queries); token_index[g]: (S_g, L_g) the pixel_values row of each query/key in those segments.
-    """
 
-    probs: list[Tensor]
-    token_index: list[Tensor]
+def _tapped_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module that does work, by path (containers such as ModuleList are not called)."""
+    return {name: m for name, m in model.named_modules() if name and not isinstance(m, nn.ModuleList)}
 
-    def dense(self, num_tokens: int) -> Tensor:
-        """(heads, N, N) map in input row order, zero across segments. O(N^2) memory: small inputs only."""
-        heads = self.probs[0].shape[1]
-        out = torch.zeros(heads, num_tokens, num_tokens, dtype=torch.float32, device=self.probs[0].device)
-        for probs, index in zip(self.probs, self.token_index):
-            rows = index[:, :, None].expand(-1, -1, index.shape[1])  # (S_g, L, L)
-            cols = index[:, None, :].expand(-1, index.shape[1], -1)
-            out[:, rows, cols] = probs.permute(1, 0, 2, 3)  # (heads, S_g, L, L)
-        return out
+
+def tap_names(model: nn.Module | Config) -> list[str]:
+    """Every tap name of `model` (or of the model a config describes), module by module."""
+    if isinstance(model, Config):
+        from .model import QwenVL  # the model module imports this one
+
+        with torch.device("meta"):
+            model = QwenVL(model, kernels="torch")
+    names = []
+    for name, module in _tapped_modules(model).items():
+        names += [name, name + INPUT]
+        if isinstance(module, (VisionAttention, TextAttention)):
+            names.append(name + PROBS)
+    return names
+
+
+def _suggestion(name: str, valid: set[str]) -> str:
+    renamed = _RENAMED.get(name, "visual." + name.removeprefix("vision.") if name.startswith("vision.") else "")
+    return f"; tap names are module paths now: use {renamed!r}" if renamed in valid else ""
 
 
 class Taps:
-    """What one forward reads and replaces. Create one per call; `cache` holds what was read."""
+    """What the forwards inside one `with` block read and replace; `cache` holds what was read."""
 
     def __init__(
-        self, config: Config, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None
+        self, model: nn.Module, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None
     ) -> None:
+        self.model = model
         self.read = set(read)
         self.replace = dict(replace or {})
-        valid = set(tap_names(config))
-        unknown = sorted((self.read | set(self.replace)) - valid)
-        if unknown:
-            raise KeyError(
-                f"unknown tap names {unknown}; names look like 'vision.blocks.3' or 'text.layers.0.attn.probs' "
-                "(qwenvl_min.tap_names(config) lists all of them)"
+        valid = set(tap_names(model))
+        for name in sorted((self.read | set(self.replace)) - valid):
+            raise TapError(
+                f"unknown tap name {name!r}{_suggestion(name, valid)} (names are module paths such as "
+                "'visual.blocks.3' or 'text.layers.0.attn.probs'; model.tap_names() lists all of them)"
             )
-        self.cache: dict[str, object] = {}
+        self.cache: dict[str, Any] = {}
+        self._handles: list[Any] = []
+        self._swapped: list[tuple[nn.Module, Any]] = []
 
-    def active(self, name: str) -> bool:
-        return name in self.read or name in self.replace
+    def __enter__(self) -> Taps:
+        if self._handles or self._swapped:
+            raise TapError("this Taps is already active; create a new one with model.taps(...)")
+        modules = _tapped_modules(self.model)
+        for name in sorted(self.read | set(self.replace)):
+            if name.endswith(PROBS) and name.removesuffix(PROBS) in modules:
+                self._swap_attention(name, modules[name.removesuffix(PROBS)])
+            elif name.endswith(INPUT) and name.removesuffix(INPUT) in modules:
+                hook = self._input_hook(name)
+                self._handles.append(modules[name.removesuffix(INPUT)].register_forward_pre_hook(hook))
+            else:
+                self._handles.append(modules[name].register_forward_hook(self._output_hook(name)))
+        return self
 
-    def __call__(self, name: str, value: object) -> object:
-        """Record and/or replace the value flowing through tap `name`; returns what flows on."""
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module, attend in reversed(self._swapped):
+            module.attend = attend
+        self._handles, self._swapped = [], []
+
+    # ---- the one place where a value is recorded and/or replaced ----------------------------------------
+    def flow(self, name: str, value: Any) -> Any:
+        """Record and/or replace the value passing tap `name`; returns what flows on."""
         if name in self.replace:
             value = _replacement(name, value, self.replace[name])
         if name in self.read:
             self.cache[name] = value
         return value
 
+    def _output_hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            return self.flow(name, output)
 
-def _replacement(name: str, value: object, replacement: Replacement) -> object:
+        return hook
+
+    def _input_hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (self.flow(name, args[0]), *args[1:])
+
+        return hook
+
+    def _swap_attention(self, name: str, module: nn.Module) -> None:
+        self._swapped.append((module, module.attend))
+        if isinstance(module, VisionAttention):
+
+            def vision_attend(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
+                maps = self.flow(name, segment_attention_maps(q, k, segments, scale))
+                return segment_attention_from_maps(v, segments, maps)
+
+            module.attend = vision_attend
+        else:
+
+            def text_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+                return causal_attention_from_maps(v, self.flow(name, causal_attention_maps(q, k, mask, scale)))
+
+            module.attend = text_attend
+
+
+def _replacement(name: str, value: Any, replacement: Replacement) -> Any:
     new = replacement(value) if callable(replacement) else replacement
     if isinstance(value, Tensor):
         if not isinstance(new, Tensor) or new.shape != value.shape:
             got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-            raise ValueError(
+            raise TapError(
                 f"replacement for tap {name!r} must be a tensor of shape {tuple(value.shape)}, got {got}"
             )
         return new.to(dtype=value.dtype, device=value.device)
     if isinstance(value, SegmentMaps):
         if not isinstance(new, SegmentMaps) or [p.shape for p in new.probs] != [p.shape for p in value.probs]:
-            raise ValueError(f"replacement for tap {name!r} must be a SegmentMaps with the same group shapes")
+            raise TapError(f"replacement for tap {name!r} must be a SegmentMaps with the same group shapes")
     return new

@@ -7,14 +7,13 @@ G kv heads (H a multiple of G), Dh head dim (128 in released models), R = Dh/2.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
+from .attention import TextAttend, causal_attention
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU
 from .rope import mrope_table
-from .taps import Taps
 
 
 class KVCache:
@@ -78,89 +77,64 @@ def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: to
 
 
 class TextAttention(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    """q/k/v projections -> M-RoPE -> KV cache -> `attend` -> o_proj.
+
+    `attend(q, k, v, mask, scale)` (contract in `qwenvl_min.attention`) is a plain attribute: assign
+    another function to change this layer's attention; parameters and keys are unaffected.
+    """
+
+    def __init__(self, config: TextConfig, layer_index: int, kernels: str = "auto") -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = (
             config.num_heads,
             config.num_kv_heads,
             config.head_dim,
         )
+        self.layer_index = layer_index  # which KVCache slot this layer writes
         self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim)
         self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
         self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        self.set_kernels(kernels)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        layer: int,
-        cache: KVCache | None,
-        maps_tap: tuple[Taps, str] | None,
-    ) -> Tensor:
+    def set_kernels(self, choice: str) -> None:
+        """Reset `attend` and `rotary` to the defaults of a resolved kernel choice (see `dispatch`)."""
+        self.attend: TextAttend = causal_attention  # no text attention kernel: SDPA on every device
+        self.rotary = dispatch.rotary(choice)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, G, Dh)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
-        q, k = dispatch.rotary(q, k, cos, sin)
+        q, k = self.rotary(q, k, *rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, K, G, Dh)
+            k, v = cache.update(self.layer_index, k, v)  # (B, K, G, Dh)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or K, Dh)
-        scale = self.head_dim**-0.5
-        if maps_tap is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, scale=scale, enable_gqa=True
-            )
-        else:
-            out = self._attention_with_maps(q, k, v, mask, scale, *maps_tap)
+        out = self.attend(q, k, v, mask, self.head_dim**-0.5)  # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, H*Dh)
-
-    def _attention_with_maps(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, taps: Taps, name: str
-    ) -> Tensor:
-        """Exact attention that materializes fp32 probabilities (B, H, T, K) for a tap."""
-        groups = self.num_heads // self.num_kv_heads
-        k = k.repeat_interleave(groups, dim=1)  # query head i uses kv head i // groups
-        v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, T, K)
-        if mask is None:
-            t, kk = q.shape[2], k.shape[2]
-            mask = torch.ones(t, kk, dtype=torch.bool, device=q.device).tril(kk - t)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = taps(name, scores.softmax(dim=-1))
-        return torch.matmul(probs.to(v.dtype), v)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, index: int, kernels: str = "auto") -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.attn = TextAttention(config)
+        self.attn = TextAttention(config, index, kernels)
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        mask: Tensor | None,
-        layer: int,
-        cache: KVCache | None,
-        maps_tap: tuple[Taps, str] | None,
-    ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, layer, cache, maps_tap)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TextModel(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, kernels: str | None = None) -> None:
         super().__init__()
         self.config = config
+        kernels = dispatch.resolve_kernels(kernels)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, kernels) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -169,26 +143,13 @@ class TextModel(nn.Module):
         positions: Tensor,
         key_valid: Tensor | None = None,
         cache: KVCache | None = None,
-        taps: Taps | None = None,
     ) -> Tensor:
         """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E)."""
-        cfg = self.config
-        b, t, _ = embeds.shape
+        t = embeds.shape[1]
         past = 0 if cache is None else cache.length
-        cos, sin = mrope_table(
-            positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section, embeds.dtype
-        )  # (B, T, R)
+        rope = mrope_table(positions, self.config, embeds.dtype)  # cos, sin (B, T, R)
         mask = attention_mask_4d(key_valid, t, past + t, embeds.device)
         x = embeds
-        if taps is not None:
-            x = taps("text.embed", x)
-        for i, layer in enumerate(self.layers):
-            maps_name = f"text.layers.{i}.attn.probs"
-            maps_tap = (taps, maps_name) if taps is not None and taps.active(maps_name) else None
-            x = layer(x, cos, sin, mask, i, cache, maps_tap)
-            if taps is not None:
-                x = taps(f"text.layers.{i}", x)
-        x = self.norm(x)
-        if taps is not None:
-            x = taps("text.norm", x)
-        return x
+        for layer in self.layers:
+            x = layer(x, rope, mask, cache)
+        return self.norm(x)

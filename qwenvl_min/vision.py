@@ -1,12 +1,15 @@
 """Vision tower of Qwen2-VL and Qwen2.5-VL: patch embedding, ViT blocks with 2D rotary, 2x2 patch merger.
 
-Shape legend: N patches (pixel_values rows), D ViT width, H heads, Dh head dim (80), R = Dh/2,
-M = N/4 merged tokens, E merger output width (= LLM width), U = N/4 merge units of 4 patch rows.
+Shape legend: N patch rows (pixel_values rows), D ViT width, H heads, Dh head dim (80), R = Dh/2,
+M = N/4 merged tokens, E merger output width (= LLM width).
 
-Qwen2.5-VL attends within 8x8-patch windows except in `fullatt_block_indexes`. The tower permutes its
-tokens once into window order (whole merge units, so each window is a contiguous run), runs every block
-in that order, and restores input order before the merger; Qwen2-VL needs no permutation. Everything a
-caller sees (outputs, taps) is in input row order.
+Every module here takes and returns rows in pixel_values row order (`qwenvl_min.geometry`), so a
+forward hook anywhere in the tower sees that order. Qwen2.5-VL's windows are not contiguous in that
+order; only the attention function knows (`segments.Segments`): the torch path gathers each group of
+equal-length windows, the kernel permutes rows into window order and back.
+
+Everything that depends on the grids (rotary tables, segments, window order) is computed once per
+forward by `vision_layout`, before the blocks, so the blocks never read a device value back.
 """
 
 from __future__ import annotations
@@ -18,33 +21,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
-from .attention import attention_from_probs, segment_attention_probs
 from .config import VisionConfig
+from .geometry import frame_lengths, window_row_order
 from .layers import QuickGeluMLP, RMSNorm, SwiGLU
 from .rope import vision_rotary_table
-from .segments import Segments, frame_lengths, window_layout
-from .taps import SegmentMaps, Taps
+from .segments import Segments
 
 
 @dataclass(frozen=True)
 class VisionLayout:
     """Everything about one batch of images/videos that the blocks need, computed once per forward."""
 
-    cos: Tensor  # (N, R) fp32, internal order
+    cos: Tensor  # (N, R) fp32, row order
     sin: Tensor
     frames: Segments  # per-temporal-patch segments (full attention)
-    windows: Segments | None  # Qwen2.5-VL windows (internal order), None for Qwen2-VL
-    order: Tensor | None  # (N,) input row of each internal position; None when internal = input order
-    inverse: Tensor | None  # (N,) internal position of each input row
-
-    def to_internal(self, x: Tensor) -> Tensor:
-        return x if self.order is None else x[self.order]
-
-    def to_input(self, x: Tensor) -> Tensor:
-        return x if self.inverse is None else x[self.inverse]
-
-    def segments_for(self, config: VisionConfig, block: int) -> Segments:
-        return self.frames if self.windows is None or config.is_full_attention(block) else self.windows
+    windows: Segments | None  # Qwen2.5-VL windows; None for Qwen2-VL
 
 
 def check_vision_inputs(config: VisionConfig, pixel_values: Tensor, grid_thw: Tensor, what: str) -> None:
@@ -94,70 +85,48 @@ def _describe(x: object) -> str:
 
 
 def vision_layout(config: VisionConfig, grid_thw: Tensor, device: torch.device) -> VisionLayout:
+    """The layout of a (checked) grid: rotary tables and attention segments on `device`."""
     grid_thw = grid_thw.cpu()
     cos, sin = vision_rotary_table(grid_thw, config.head_dim, config.rope_theta, config.merge_size)
     frames = Segments.from_lengths(frame_lengths(grid_thw), device)
-    if config.family == "qwen2_vl":
-        return VisionLayout(cos.to(device), sin.to(device), frames, None, None, None)
-    unit_index, window_sizes = window_layout(grid_thw, config.window_merged, config.merge_size)
-    unit = config.merge_size**2
-    order = (unit_index[:, None] * unit + torch.arange(unit)).reshape(-1)  # (U, 4) -> (N,) rows
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel())
-    return VisionLayout(
-        cos[order].to(device),
-        sin[order].to(device),
-        frames,
-        Segments.from_lengths(window_sizes, device),
-        order.to(device),
-        inverse.to(device),
-    )
+    windows = None
+    if config.family == "qwen2_5_vl":
+        order, sizes = window_row_order(grid_thw, config.window_merged, config.merge_size)
+        windows = Segments.from_lengths(sizes, device, order=order)
+    return VisionLayout(cos.to(device), sin.to(device), frames, windows)
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, config: VisionConfig) -> None:
+    """Fused qkv -> 2D rotary -> `attend` within segments -> proj.
+
+    `attend(q, k, v, segments, scale)` (contract in `qwenvl_min.attention`) is a plain attribute:
+    assign another function to change this block's attention; parameters and keys are unaffected.
+    """
+
+    def __init__(self, config: VisionConfig, full_attention: bool, kernels: str = "auto") -> None:
         super().__init__()
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.full_attention = full_attention  # per-frame segments instead of windows (always for Qwen2-VL)
         self.qkv = nn.Linear(config.width, 3 * config.width)
         self.proj = nn.Linear(config.width, config.width)
+        self.set_kernels(kernels)
 
-    def forward(
-        self, x: Tensor, layout: VisionLayout, segments: Segments, maps_tap: tuple[Taps, str] | None = None
-    ) -> Tensor:
+    def set_kernels(self, choice: str) -> None:
+        """Reset `attend` and `rotary` to the defaults of a resolved kernel choice (see `dispatch`)."""
+        self.attend = dispatch.vision_attend(choice)
+        self.rotary = dispatch.rotary(choice)
+
+    def forward(self, x: Tensor, layout: VisionLayout) -> Tensor:
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)  # 3 x (N, H, Dh)
-        q, k = dispatch.rotary(q, k, layout.cos, layout.sin)
-        scale = self.head_dim**-0.5
-        if maps_tap is None:
-            out = dispatch.segment_attention(q, k, v, segments, scale)
-        else:
-            out = self._attention_with_maps(q, k, v, layout, segments, scale, *maps_tap)
+        q, k = self.rotary(q, k, layout.cos, layout.sin)
+        segments = layout.frames if self.full_attention or layout.windows is None else layout.windows
+        out = self.attend(q, k, v, segments, self.head_dim**-0.5)  # (N, H, Dh)
         return self.proj(out.reshape(n, -1))  # (N, H, Dh) -> (N, D)
-
-    @staticmethod
-    def _attention_with_maps(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        layout: VisionLayout,
-        segments: Segments,
-        scale: float,
-        taps: Taps,
-        name: str,
-    ) -> Tensor:
-        out, probs = segment_attention_probs(q, k, v, segments, scale)
-        index = []
-        for group in segments.groups:
-            positions = group.token_positions()  # (S_g, L)
-            index.append(positions if layout.order is None else layout.order[positions])
-        maps = taps(name, SegmentMaps(probs, index))
-        if name in taps.replace:
-            out = attention_from_probs(v, segments, maps.probs)
-        return out
 
 
 class VisionBlock(nn.Module):
-    def __init__(self, config: VisionConfig) -> None:
+    def __init__(self, config: VisionConfig, index: int, kernels: str = "auto") -> None:
         super().__init__()
         if config.family == "qwen2_vl":
             self.norm1 = nn.LayerNorm(config.width, eps=config.norm_eps)
@@ -167,12 +136,10 @@ class VisionBlock(nn.Module):
             self.norm1 = RMSNorm(config.width, config.norm_eps)
             self.norm2 = RMSNorm(config.width, config.norm_eps)
             self.mlp = SwiGLU(config.width, config.mlp_hidden, bias=True)
-        self.attn = VisionAttention(config)
+        self.attn = VisionAttention(config, config.is_full_attention(index), kernels)
 
-    def forward(
-        self, x: Tensor, layout: VisionLayout, segments: Segments, maps_tap: tuple[Taps, str] | None = None
-    ) -> Tensor:
-        x = x + self.attn(self.norm1(x), layout, segments, maps_tap)
+    def forward(self, x: Tensor, layout: VisionLayout) -> Tensor:
+        x = x + self.attn(self.norm1(x), layout)
         return x + self.mlp(self.norm2(x))
 
 
@@ -191,45 +158,37 @@ class PatchMerger(nn.Module):
         self.merged = merged
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x).view(
-            -1, self.merged
-        )  # (N, D) -> (M, 4D): the 4 rows of a block, (0,0),(0,1),(1,0),(1,1)
+        # (N, D) -> (M, 4D): a merged token's rows are consecutive, (0,0),(0,1),(1,0),(1,1)
+        x = self.norm(x).view(-1, self.merged)
         return self.fc2(F.gelu(self.fc1(x)))
 
 
 class VisionTower(nn.Module):
-    def __init__(self, config: VisionConfig) -> None:
+    def __init__(self, config: VisionConfig, kernels: str | None = None) -> None:
         super().__init__()
         self.config = config
+        kernels = dispatch.resolve_kernels(kernels)
         # Conv3d with kernel == stride and no bias over a (C, T, P, P) patch == a Linear on the flat row
         self.patch_embed = nn.Linear(config.patch_dim, config.width, bias=False)
-        self.blocks = nn.ModuleList(VisionBlock(config) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(VisionBlock(config, i, kernels) for i in range(config.depth))
         self.merger = PatchMerger(config)
 
-    def forward(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
-        """Merged features (M, E) in input order: one row per image/video pad token."""
-        return self.run(pixel_values, grid_thw)
+    def layout(self, pixel_values: Tensor, grid_thw: Tensor, what: str = "pixel_values") -> VisionLayout:
+        """Check pixel rows against their grid (the one validation pass) and compute the layout."""
+        check_vision_inputs(self.config, pixel_values, grid_thw, what)
+        return vision_layout(self.config, grid_thw, pixel_values.device)
 
-    def run(
-        self, pixel_values: Tensor, grid_thw: Tensor, taps: Taps | None = None, what: str = "pixel_values"
-    ) -> Tensor:
-        cfg = self.config
-        check_vision_inputs(cfg, pixel_values, grid_thw, what)
-        layout = vision_layout(cfg, grid_thw, pixel_values.device)
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (N, D), input order
-        if taps is not None:
-            x = taps("vision.patch_embed", x)
-        x = layout.to_internal(x)
-        for i, block in enumerate(self.blocks):
-            maps_name = f"vision.blocks.{i}.attn.probs"
-            maps_tap = (taps, maps_name) if taps is not None and taps.active(maps_name) else None
-            x = block(x, layout, layout.segments_for(cfg, i), maps_tap)
-            if taps is not None and taps.active(f"vision.blocks.{i}"):
-                x = layout.to_internal(taps(f"vision.blocks.{i}", layout.to_input(x)))
-        x = layout.to_input(x)  # merge units are contiguous in both orders; the merger runs on input order
-        if taps is not None:
-            x = taps("vision.pre_merge", x)
-        merged = self.merger(x)
-        if taps is not None:
-            merged = taps("vision.post_merge", merged)
-        return merged
+    def forward(self, pixel_values: Tensor, grid_thw: Tensor, layout: VisionLayout | None = None) -> Tensor:
+        """Merged features (M, E), one row per image/video pad token, from pixel_values (N, patch_dim).
+
+        `layout` (from `self.layout(pixel_values, grid_thw)`) may be passed when it is already computed,
+        e.g. by the full model or ahead of a compiled call; it is then trusted to describe grid_thw.
+        """
+        if layout is None:
+            layout = self.layout(pixel_values, grid_thw)
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (N, D)
+        for block in self.blocks:
+            x = block(x, layout)
+        return self.merger(x)
+
+

@@ -159,7 +159,7 @@ def test_latents_extracts_resumes_and_reports_failures(tmp_path, checkpoint, cap
     broken.write_text("not an image")
     missing = tmp_path / "missing.png"
     out = tmp_path / "latents"
-    taps = "vision.pre_merge,vision.post_merge,text.layers.1"
+    taps = "visual.merger.input,visual.merger,text.layers.1"
     args = ["latents", "--model", str(checkpoint), "--taps", taps, "--out", str(out), "--no-progress"]
 
     assert main([*args, *map(str, good), str(broken), str(missing)]) == 1
@@ -177,8 +177,8 @@ def test_latents_extracts_resumes_and_reports_failures(tmp_path, checkpoint, cap
         patches = grid[0] * grid[1] * grid[2]
         assert json.loads(meta["taps"]) == taps.split(",") and meta["source"] == str(good[1].resolve())
         assert meta["model"] == str(checkpoint.resolve())
-        assert f.get_tensor("vision.pre_merge").shape == (patches, 64)
-        assert f.get_tensor("vision.post_merge").shape == (patches // 4, 64)
+        assert f.get_tensor("visual.merger.input").shape == (patches, 64)
+        assert f.get_tensor("visual.merger").shape == (patches // 4, 64)
         assert f.get_tensor("text.layers.1").shape == (1, patches // 4 + 2, 64)
 
     (out / "img0.safetensors").unlink()
@@ -216,8 +216,8 @@ def test_errors_are_one_clear_line(tmp_path, checkpoint, capsys):
 
     image = _save_image(tmp_path / "a.png", 64, 64)
     latents = ["latents", "--out", str(tmp_path / "o"), str(image)]
-    err = _error(capsys, [*latents, "--model", str(checkpoint), "--taps", "vision.blocks.99"])
-    assert "unknown tap names ['vision.blocks.99']" in err
+    err = _error(capsys, [*latents, "--model", str(checkpoint), "--taps", "visual.blocks.99"])
+    assert "unknown tap name 'visual.blocks.99'" in err
 
     hf_like = tmp_path / "hf_like"
     hf_like.mkdir()

@@ -121,7 +121,7 @@ def test_prefill_then_decode_logits_equal_full_forward(models, capacity):
             step_logits.append(_decode(ours, new[:, i], positions[:, :, i : i + 1], full_mask, cache))
         seq = torch.cat([ids, new], dim=1)
         seq_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
-        full = ours(seq, attention_mask=seq_mask, **vision)  # (2, T + 6, V)
+        full = ours(seq, attention_mask=seq_mask, **vision).logits  # (2, T + 6, V)
     expected = full[:, ids.shape[1] - 1 : -1]
     torch.testing.assert_close(torch.stack(step_logits, dim=1), expected, rtol=1e-5, atol=1e-5)
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hf_models import rope_config
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
 
 from qwenvl_min import rope
@@ -83,7 +84,7 @@ def _mrope_case(dtype: torch.dtype):
     """2B-like text shapes: 12 q heads, 2 kv heads, D 128, M-RoPE sections [16, 24, 24]."""
     batch, seq = 2, 24
     positions = torch.randint(0, 30000, (3, batch, seq), device=DEVICE)
-    cos, sin = rope.mrope_table(positions, 128, 1e6, (16, 24, 24), dtype)  # (B, T, 64)
+    cos, sin = rope.mrope_table(positions, rope_config(), dtype)  # (B, T, 64)
     q_hf = torch.randn(batch, 12, seq, 128, device=DEVICE).to(dtype)  # transformers' (B, H, T, D) layout
     k_hf = torch.randn(batch, 2, seq, 128, device=DEVICE).to(dtype)
     return q_hf, k_hf, cos, sin

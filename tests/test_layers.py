@@ -9,6 +9,8 @@ import torch
 from transformers.activations import ACT2FN
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
 
+from hf_models import rope_config
+
 from qwenvl_min.layers import RMSNorm, quick_gelu
 from qwenvl_min.rope import apply_rotary, inverse_frequencies, mrope_table, vision_rotary_table
 
@@ -62,7 +64,7 @@ def test_mrope_bit_exact(dtype):
     k = torch.randn(2, 1, 9, 128).to(dtype)
     cos_hf, sin_hf = rotary(q, positions)
     q_hf, k_hf = hf.apply_rotary_pos_emb(q, k, cos_hf, sin_hf)
-    cos, sin = mrope_table(positions, 128, 1e6, tuple(section), dtype)
+    cos, sin = mrope_table(positions, rope_config(128, 1e6, section), dtype)
     assert torch.equal(torch.cat((cos, cos), -1), cos_hf)
     q_ours, k_ours = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # ours: (B, T, H, D)
     assert torch.equal(q_ours.transpose(1, 2), q_hf)

@@ -38,7 +38,7 @@ def test_converted_checkpoint_gives_hf_logits(sources, tmp_path, family, layout)
     prompt = _prompt(family)
     with torch.no_grad():
         want = hf(**prompt.hf()).logits
-        got = model(prompt.input_ids, **prompt.ours())
+        got = model(prompt.input_ids, **prompt.ours()).logits
     assert got.shape == want.shape
     assert max_err(got, want) <= 1e-5 * scale_of(want)
 
@@ -66,7 +66,7 @@ def test_dtype_argument_casts_on_load(sources, tmp_path):
     assert not model.training
     prompt = _prompt("qwen2_5_vl")
     with torch.no_grad():
-        assert model(prompt.input_ids, **prompt.ours()).dtype == torch.bfloat16
+        assert model(prompt.input_ids, **prompt.ours()).logits.dtype == torch.bfloat16
 
 
 def test_weights_are_memory_mapped_and_never_unpickled(sources, tmp_path, monkeypatch):

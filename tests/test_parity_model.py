@@ -107,15 +107,15 @@ def test_forward_parity(family: str, case: str, tied: bool) -> None:
         hook.remove()
     assert len(ref.hidden_states) == layers + 1
 
-    names = ["text.embed", "text.norm", "vision.pre_merge", "vision.post_merge"]
+    names = ["text.layers.0.input", "text.norm", "visual.merger.input", "visual.merger"]
     names += [f"text.layers.{i}" for i in range(layers)]
     if prompt.pixel_values is None and prompt.pixel_values_videos is None:
-        names = [n for n in names if not n.startswith("vision.")]
-    taps = ours.taps(read=names)
-    out = ours.run(prompt.input_ids, **prompt.ours(), taps=taps)
+        names = [n for n in names if not n.startswith("visual.")]
+    with ours.taps(read=names) as taps:
+        out = ours(prompt.input_ids, **prompt.ours())
 
     check("logits", out.logits[valid], ref.logits[valid])
-    check("text.embed", taps.cache["text.embed"][valid], ref.hidden_states[0][valid])
+    check("text.layers.0.input", taps.cache["text.layers.0.input"][valid], ref.hidden_states[0][valid])
     for i in range(layers - 1):
         check(f"text.layers.{i}", taps.cache[f"text.layers.{i}"][valid], ref.hidden_states[i + 1][valid])
     check(
@@ -123,7 +123,7 @@ def test_forward_parity(family: str, case: str, tied: bool) -> None:
     )
     check("text.norm", taps.cache["text.norm"][valid], ref.hidden_states[layers][valid])
 
-    if "vision.pre_merge" not in names:
+    if "visual.merger.input" not in names:
         return
     # our tower runs images then videos in one pass; HF runs them separately
     pre, post = [], []
@@ -135,8 +135,8 @@ def test_forward_parity(family: str, case: str, tied: bool) -> None:
             continue
         pre.append(hf_window_to_input_order(cfg, outputs.last_hidden_state, grid))
         post.append(torch.cat(outputs.pooler_output))
-    check("vision.pre_merge", taps.cache["vision.pre_merge"], torch.cat(pre))
-    check("vision.post_merge", taps.cache["vision.post_merge"], torch.cat(post))
+    check("visual.merger.input", taps.cache["visual.merger.input"], torch.cat(pre))
+    check("visual.merger", taps.cache["visual.merger"], torch.cat(post))
 
     # the public tower API, per modality
     for pixels, grid in (
@@ -155,10 +155,10 @@ def test_vision_window_order_is_not_input_order(family: str) -> None:
     multi-window image, so the pre-merge comparison really exercises our un-permutation."""
     hf, ours = models(family, False)
     prompt = make_prompt(ours.config, [[1, ("image", (1, 16, 20)), 1]], seed=3)
-    taps = ours.taps(read=["vision.pre_merge"])
-    ours.run(prompt.input_ids, **prompt.ours(), taps=taps)
+    with ours.taps(read=["visual.merger.input"]) as taps:
+        ours(prompt.input_ids, **prompt.ours())
     raw = hf.model.visual(prompt.pixel_values, grid_thw=prompt.image_grid_thw).last_hidden_state
-    err = max_err(taps.cache["vision.pre_merge"], raw)
+    err = max_err(taps.cache["visual.merger.input"], raw)
     if family == "qwen2_5_vl":
         assert err > 1e-2 * scale_of(raw)
     else:
@@ -188,7 +188,7 @@ def test_bf16_error_within_2x_hf(family: str) -> None:
 
     hf_bf16, ours_bf16 = hf.to(torch.bfloat16), ours.to(torch.bfloat16)
     hf_logits = hf_bf16(**prompt.hf()).logits.float()
-    our_logits = ours_bf16(prompt.input_ids, **prompt.ours()).float()
+    our_logits = ours_bf16(prompt.input_ids, **prompt.ours()).logits.float()
     hf_feat = hf_bf16.model.visual(prompt.pixel_values, grid_thw=prompt.image_grid_thw).pooler_output
     our_feat = ours_bf16.visual(prompt.pixel_values, prompt.image_grid_thw)
 

@@ -105,7 +105,7 @@ def _ours_outputs(ours_dir: Path, media: dict, tokens: dict) -> tuple[torch.Tens
         inputs = dict(
             attention_mask=tokens["attention_mask"].to(DEVICE), pixel_values=pixels, image_grid_thw=grid
         )
-        logits = model(tokens["input_ids"].to(DEVICE), **inputs)
+        logits = model(tokens["input_ids"].to(DEVICE), **inputs).logits
         greedy = generate(model, tokens["input_ids"].to(DEVICE), **inputs, max_new_tokens=NEW_TOKENS)
     return features.float().cpu(), logits.float().cpu(), greedy[0].cpu()
 

@@ -56,12 +56,12 @@ def test_real_size_qwen2_5_vl_7b_tower_matches_hf() -> None:
     grid = torch.tensor([[1, 224 // 14, 308 // 14]])  # 1 x 16 x 22
     pixels = torch.randn(352, 1176, generator=torch.Generator().manual_seed(1))
     ref = hf(pixels, grid_thw=grid)
-    taps = Taps(cfg, read=["vision.pre_merge"])
-    merged = ours.run(pixels, grid, taps)
+    with Taps(ours, read=["merger.input"]) as taps:  # names are paths inside the module tapped
+        merged = ours(pixels, grid)
 
     assert merged.shape == (88, 3584)
     err, scale = max_err(merged, ref.pooler_output), scale_of(ref.pooler_output)
     assert err <= RTOL * scale, f"merged: {err:.3e} > {RTOL} * {scale:.3g}"
     pre_ref = hf_window_to_input_order(cfg, ref.last_hidden_state, grid)
-    err, scale = max_err(taps.cache["vision.pre_merge"], pre_ref), scale_of(pre_ref)
+    err, scale = max_err(taps.cache["merger.input"], pre_ref), scale_of(pre_ref)
     assert err <= RTOL * scale, f"pre-merge: {err:.3e} > {RTOL} * {scale:.3g}"

@@ -9,6 +9,7 @@ import transformers
 from hf_models import randomize_
 
 from qwenvl_min import Config, QwenVL, SegmentMaps, tap_names
+from qwenvl_min.taps import TapError
 
 FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
@@ -47,9 +48,8 @@ def inputs(config: Config) -> dict:
 
 
 def run(model: QwenVL, read=(), replace=None):
-    taps = model.taps(read=read, replace=replace)
-    with torch.no_grad():
-        logits = model(**inputs(model.config), taps=taps)
+    with torch.no_grad(), model.taps(read=read, replace=replace) as taps:
+        logits = model(**inputs(model.config)).logits
     return logits, taps.cache
 
 
@@ -60,27 +60,32 @@ def model(request) -> QwenVL:
 
 def test_names_are_listed_and_unknown_names_rejected(model):
     names = tap_names(model.config)
-    assert names == model.tap_names()
+    assert names == model.tap_names() == tap_names(model)
     for expected in [
-        "vision.patch_embed",
-        "vision.blocks.3",
-        "vision.blocks.0.attn.probs",
-        "vision.pre_merge",
-        "vision.post_merge",
-        "text.embed",
+        "visual.patch_embed",
+        "visual.blocks.3",
+        "visual.blocks.0.attn.probs",
+        "visual.merger.input",
+        "visual.merger",
+        "text.layers.0.input",
         "text.layers.2",
         "text.layers.1.attn.probs",
         "text.norm",
     ]:
         assert expected in names
-    assert "vision.blocks.4" not in names  # depth 4
-    with pytest.raises(KeyError, match="unknown tap names.*vision.block.1"):
-        model.taps(read=["vision.block.1"])
+    assert "visual.blocks.4" not in names  # depth 4
+    with pytest.raises(TapError, match="unknown tap name 'visual.block.1'"):
+        model.taps(read=["visual.block.1"])
+    # the first release's names are refused with the new name to use
+    with pytest.raises(TapError, match="unknown tap name 'vision.pre_merge'.*use 'visual.merger.input'"):
+        model.taps(read=["vision.pre_merge"])
+    with pytest.raises(TapError, match="use 'visual.blocks.3'"):
+        model.taps(replace={"vision.blocks.3": torch.zeros_like})
 
 
 def test_no_taps_and_empty_taps_are_identical(model):
     with torch.no_grad():
-        plain = model(**inputs(model.config))
+        plain = model(**inputs(model.config)).logits
     tapped, cache = run(model)
     assert cache == {}
     assert torch.equal(plain, tapped)
@@ -89,12 +94,12 @@ def test_no_taps_and_empty_taps_are_identical(model):
 @pytest.mark.parametrize(
     "name",
     [
-        "vision.patch_embed",
-        "vision.blocks.1",
-        "vision.blocks.2",
-        "vision.pre_merge",
-        "vision.post_merge",
-        "text.embed",
+        "visual.patch_embed",
+        "visual.blocks.1",
+        "visual.blocks.2",
+        "visual.merger.input",
+        "visual.merger",
+        "text.layers.0.input",
         "text.layers.1",
         "text.norm",
     ],
@@ -111,40 +116,40 @@ def test_replacing_by_itself_changes_nothing_and_zeros_change_logits(model, name
 def test_read_shapes_are_in_input_order(model):
     cfg = model.config
     names = [
-        "vision.patch_embed",
-        "vision.blocks.3",
-        "vision.pre_merge",
-        "vision.post_merge",
+        "visual.patch_embed",
+        "visual.blocks.3",
+        "visual.merger.input",
+        "visual.merger",
         "text.layers.0",
     ]
     _, cache = run(model, read=names)
     n = 12 * 20 + 8 * 8
-    assert cache["vision.patch_embed"].shape == (n, cfg.vision.width)
-    assert cache["vision.post_merge"].shape == (n // 4, cfg.text.hidden_size)
+    assert cache["visual.patch_embed"].shape == (n, cfg.vision.width)
+    assert cache["visual.merger"].shape == (n // 4, cfg.text.hidden_size)
     # the last block's output is what enters the merger: both taps are in pixel_values row order
-    assert torch.equal(cache["vision.blocks.3"], cache["vision.pre_merge"])
+    assert torch.equal(cache["visual.blocks.3"], cache["visual.merger.input"])
     # patch embedding in input order is row i of pixel_values times the weight, whatever the window order
     pixels = inputs(cfg)["pixel_values"]
     expected = pixels @ model.visual.patch_embed.weight.T
-    torch.testing.assert_close(cache["vision.patch_embed"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache["visual.patch_embed"], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["vision.blocks.3", "vision.pre_merge"])
+@pytest.mark.parametrize("name", ["visual.blocks.3", "visual.merger.input"])
 def test_replacement_is_in_input_order(model, name):
     """Changing pixel_values rows 0..3 (the first 2x2 merge block of image 0) of the last block's output
     changes merged token 0 only: the replacement is taken in input order, not window order."""
-    _, cache = run(model, read=[name, "vision.post_merge"])
+    _, cache = run(model, read=[name, "visual.merger"])
     changed = cache[name].clone()
     changed[:4] = torch.randn(4, changed.shape[1])  # not a shift or a scale: norms would undo those
-    _, cache2 = run(model, replace={name: changed}, read=["vision.post_merge"])
-    diff = (cache2["vision.post_merge"] - cache["vision.post_merge"]).abs().amax(dim=1)
+    _, cache2 = run(model, replace={name: changed}, read=["visual.merger"])
+    diff = (cache2["visual.merger"] - cache["visual.merger"]).abs().amax(dim=1)
     assert diff[0] > 1e-3
     assert diff[1:].max() == 0
 
 
 def test_vision_attention_maps(model):
     cfg = model.config
-    names = [f"vision.blocks.{i}.attn.probs" for i in range(cfg.vision.depth)]
+    names = [f"visual.blocks.{i}.attn.probs" for i in range(cfg.vision.depth)]
     plain, _ = run(model)
     logits, cache = run(model, read=names)
     # the exact map path computes the same attention as the fused SDPA path (fp32 rounding only)
@@ -170,14 +175,14 @@ def test_vision_attention_maps(model):
 
 
 def test_replacing_vision_maps_flows_into_the_output(model):
-    name = "vision.blocks.1.attn.probs"
-    _, cache = run(model, read=[name, "vision.post_merge"])
+    name = "visual.blocks.1.attn.probs"
+    _, cache = run(model, read=[name, "visual.merger"])
     maps = cache[name]
     uniform = SegmentMaps([torch.full_like(p, 1.0 / p.shape[-1]) for p in maps.probs], maps.token_index)
-    _, same = run(model, replace={name: maps}, read=["vision.post_merge"])
-    torch.testing.assert_close(same["vision.post_merge"], cache["vision.post_merge"], rtol=0, atol=0)
-    _, changed = run(model, replace={name: uniform}, read=["vision.post_merge"])
-    assert (changed["vision.post_merge"] - cache["vision.post_merge"]).abs().max() > 1e-3
+    _, same = run(model, replace={name: maps}, read=["visual.merger"])
+    torch.testing.assert_close(same["visual.merger"], cache["visual.merger"], rtol=0, atol=0)
+    _, changed = run(model, replace={name: uniform}, read=["visual.merger"])
+    assert (changed["visual.merger"] - cache["visual.merger"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="SegmentMaps with the same group shapes"):
         run(model, replace={name: SegmentMaps(maps.probs[:1], maps.token_index[:1])})
 
@@ -230,7 +235,7 @@ def test_read_values_equal_transformers(model):
     data = inputs(cfg)
     mm_types = (data["input_ids"] == cfg.image_token_id).long()
     names = [f"text.layers.{i}.attn.probs" for i in range(cfg.text.num_layers)]
-    names += [f"vision.blocks.{i}" for i in range(cfg.vision.depth)] + ["vision.patch_embed"]
+    names += [f"visual.blocks.{i}" for i in range(cfg.vision.depth)] + ["visual.patch_embed"]
     _, cache = run(model, read=names)
     with torch.no_grad():
         out = hf(**data, mm_token_type_ids=mm_types, output_attentions=True, output_hidden_states=True)
@@ -238,12 +243,12 @@ def test_read_values_equal_transformers(model):
         torch.testing.assert_close(cache[f"text.layers.{i}.attn.probs"], out.attentions[i], rtol=0, atol=1e-6)
     vision_states = out.image_outputs.hidden_states  # [patch_embed, block 0, ..., block depth-1]
     if cfg.model_type == "qwen2_5_vl":
-        from qwenvl_min.segments import window_layout
+        from qwenvl_min.geometry import window_layout
 
         unit_index, _ = window_layout(data["image_grid_thw"], cfg.vision.window_merged, cfg.vision.merge_size)
         inverse = torch.argsort(unit_index)
         vision_states = [s.view(-1, 4, s.shape[-1])[inverse].reshape(s.shape) for s in vision_states]
-    ours = [cache["vision.patch_embed"]] + [cache[f"vision.blocks.{i}"] for i in range(cfg.vision.depth)]
+    ours = [cache["visual.patch_embed"]] + [cache[f"visual.blocks.{i}"] for i in range(cfg.vision.depth)]
     for mine, theirs in zip(ours, vision_states, strict=True):
         scale = max(1.0, theirs.abs().max().item())
         assert (mine - theirs).abs().max().item() <= 1e-5 * scale

@@ -14,8 +14,9 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionCon
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionRotaryEmbedding
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from qwenvl_min.rope import vision_patch_coordinates, vision_rotary_table
-from qwenvl_min.segments import Segments, frame_lengths, window_layout
+from qwenvl_min.geometry import frame_lengths, patch_coordinates, window_layout
+from qwenvl_min.rope import vision_rotary_table
+from qwenvl_min.segments import Segments
 
 MERGE, PATCH = 2, 14
 
@@ -96,7 +97,7 @@ def hf_rotary(family: str, head_dim: int):
 @HYPO
 @given(grids_st, st.sampled_from(["qwen2_vl", "qwen2_5_vl"]), st.sampled_from([16, 80]))
 def test_rotary_coordinates_and_tables_match_hf(grid: torch.Tensor, family: str, head_dim: int) -> None:
-    coords = vision_patch_coordinates(grid, MERGE)
+    coords = patch_coordinates(grid, MERGE)
     hf_ids = get_vision_position_ids(grid, MERGE)
     assert torch.equal(coords, hf_ids)
 
@@ -141,6 +142,6 @@ def test_known_layouts() -> None:
     assert [s // 4 for s in sizes] == [16, 16, 16, 8, 16, 16, 16, 8, 8, 8, 8, 4]
     _, sizes = window_layout(torch.tensor([[2, 4, 6]]), 4, MERGE)  # one window per frame
     assert sizes == [24, 24]
-    coords = vision_patch_coordinates(torch.tensor([[1, 4, 6]]), MERGE)
+    coords = patch_coordinates(torch.tensor([[1, 4, 6]]), MERGE)
     assert coords[:12, 0].tolist() == [0, 0, 1, 1] * 3
     assert coords[:12, 1].tolist() == [0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5]

@@ -42,7 +42,6 @@ from .checkpoint import (
     CheckpointError,
     is_converted,
     our_config_json,
-    preview,
     read_json,
     read_our_config,
     scan_weights,
@@ -53,10 +52,10 @@ from .mapping import (
     MappingError,
     check_shapes,
     expected_shapes,
-    hf_key_to_ours,
     hf_tensor_to_ours,
     our_key_to_hf,
     our_tensor_to_hf,
+    plan_hf_to_ours,
 )
 from .safetensors_io import TensorInfo, file_sha256, write_safetensors
 
@@ -252,41 +251,28 @@ def resolve_source(src: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
 def _plan_hf_to_ours(
     config: Config, weights: dict[str, tuple[Path, TensorInfo]], out_dtype: torch.dtype | None, src_dir: Path
 ) -> tuple[list[_Item], list[str]]:
-    items: dict[str, _Item] = {}
-    dropped, unknown = [], []
-    for hf_key, (path, info) in weights.items():
-        try:
-            key = hf_key_to_ours(hf_key)
-        except MappingError:
-            unknown.append(hf_key)
-            continue
-        if key is None:  # rotary inv_freq buffers: recomputed from the config
-            dropped.append(hf_key)
-            continue
-        if key in items:
-            raise CheckpointError(
-                f"{src_dir}: keys {items[key].src_key!r} and {hf_key!r} both map to {key!r}"
-            )
-        shape = tuple(hf_tensor_to_ours(key, _meta(info)).shape)
-        items[key] = _Item(key, hf_key, path, _target_dtype(info, out_dtype), shape)
-    if unknown:
-        raise CheckpointError(
-            f"{src_dir}: keys that are not part of a Qwen2-VL / Qwen2.5-VL checkpoint: {preview(sorted(unknown))}"
+    """The shared planner (`mapping.plan_hf_to_ours`) on the headers, then one `_Item` per output tensor."""
+    try:
+        plan = plan_hf_to_ours(
+            config, {key: info.shape for key, (_, info) in weights.items()}, what=f"the weights in {src_dir}"
         )
-    if config.text.tie_word_embeddings and "lm_head.weight" in items:
-        # a tied model may still store lm_head; it is only redundant if it really equals the embeddings
-        lm_head, embed = items.pop("lm_head.weight"), items.get("text.embed_tokens.weight")
-        if embed is not None and not torch.equal(_read(lm_head), _read(embed)):
+    except MappingError as err:
+        raise CheckpointError(f"{src_dir}: {err} (config: {src_dir / CONFIG_FILE})") from err
+    items = []
+    for key, hf_key in plan.sources.items():
+        path, info = weights[hf_key]
+        shape = tuple(hf_tensor_to_ours(key, _meta(info)).shape)
+        items.append(_Item(key, hf_key, path, _target_dtype(info, out_dtype), shape))
+    if plan.tied_lm_head is not None:
+        lm_path, lm_info = weights[plan.tied_lm_head]
+        lm_head = _Item("lm_head.weight", plan.tied_lm_head, lm_path, lm_info.dtype, lm_info.shape)
+        embed = next(item for item in items if item.out_key == "text.embed_tokens.weight")
+        if not torch.equal(_read(lm_head), _read(embed)):
             raise CheckpointError(
                 f"{src_dir}: config.json ties lm_head to the embeddings (tie_word_embeddings) but "
                 f"{lm_head.src_key} differs from {embed.src_key}; fix tie_word_embeddings in config.json"
             )
-        dropped.append(lm_head.src_key)
-    missing = [our_key_to_hf(key) for key in expected_shapes(config) if key not in items]
-    if missing:  # in the source's own (published) names, which is what the user can look for
-        raise CheckpointError(f"{src_dir}: keys the config calls for are missing: {preview(missing)}")
-    _check_shapes(config, {key: item.shape for key, item in items.items()}, src_dir)
-    return [items[key] for key in expected_shapes(config)], sorted(dropped)
+    return items, plan.dropped
 
 
 def _check_shapes(config: Config, shapes: dict[str, tuple[int, ...]], src_dir: Path) -> None:

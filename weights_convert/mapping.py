@@ -3,23 +3,10 @@
 Pure functions on names and tensors, used by `QwenVL.from_hf` and by the file converter, so a model built
 in memory and a converted checkpoint always agree.
 
-HF keys come in two layouts (DESIGN.md section 3): published checkpoints use `visual.*`, `model.*`,
-`lm_head.*`; transformers 5 in memory uses `model.visual.*`, `model.language_model.*`, `lm_head.*`.
-Both are first brought to the published ("canonical") form, then renamed by the table below.
-
-| HF (published)                                     | ours                                        |
-|----------------------------------------------------|---------------------------------------------|
-| visual.patch_embed.proj.weight (D, 3, 2, 14, 14)   | visual.patch_embed.weight (D, 1176)         |
-| visual.blocks.{i}.{norm1,norm2,attn,mlp}.*         | visual.blocks.{i}.{norm1,norm2,attn,mlp}.*  |
-| visual.merger.ln_q.*                               | visual.merger.norm.*                        |
-| visual.merger.mlp.0.* / visual.merger.mlp.2.*      | visual.merger.fc1.* / visual.merger.fc2.*   |
-| model.embed_tokens.weight                          | text.embed_tokens.weight                    |
-| model.layers.{i}.self_attn.{q,k,v,o}_proj.*        | text.layers.{i}.attn.{q,k,v,o}_proj.*       |
-| model.layers.{i}.input_layernorm.weight            | text.layers.{i}.attn_norm.weight            |
-| model.layers.{i}.post_attention_layernorm.weight   | text.layers.{i}.mlp_norm.weight             |
-| model.layers.{i}.mlp.{gate,up,down}_proj.weight    | text.layers.{i}.mlp.{gate,up,down}_proj.weight |
-| model.norm.weight                                  | text.norm.weight                            |
-| lm_head.weight (absent when tied)                  | lm_head.weight (absent when tied)           |
+HF keys come in two layouts: published checkpoints use `visual.*`, `model.*`, `lm_head.*`;
+transformers 5 in memory uses `model.visual.*`, `model.language_model.*`, `lm_head.*`. Both are first
+brought to the published ("canonical") form, then renamed by `KEY_TABLE` (the one key table; export
+inverts it). Our own keys and shapes are the model's: `expected_shapes` builds it on the meta device.
 
 Dropped on purpose: rotary `inv_freq` / `original_inv_freq` buffers (recomputed from the config), and a
 tied `lm_head.weight` (it must then equal the embeddings). The patch-embedding Conv3d has kernel = stride
@@ -30,46 +17,52 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor
 
 from ..config import Config
 
-# (pattern on the canonical HF key, replacement giving our key); first match wins
-_HF_TO_OURS: tuple[tuple[str, str], ...] = (
-    (r"^visual\.patch_embed\.proj\.weight$", "visual.patch_embed.weight"),
-    (r"^visual\.merger\.ln_q\.(weight|bias)$", r"visual.merger.norm.\1"),
-    (r"^visual\.merger\.mlp\.0\.(weight|bias)$", r"visual.merger.fc1.\1"),
-    (r"^visual\.merger\.mlp\.2\.(weight|bias)$", r"visual.merger.fc2.\1"),
-    (
-        r"^visual\.blocks\.(\d+)\.((?:norm1|norm2|attn\.qkv|attn\.proj|mlp\.\w+)\.(?:weight|bias))$",
-        r"visual.blocks.\1.\2",
-    ),
-    (r"^model\.embed_tokens\.weight$", "text.embed_tokens.weight"),
-    (r"^model\.layers\.(\d+)\.self_attn\.([qkvo]_proj\.(?:weight|bias))$", r"text.layers.\1.attn.\2"),
-    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"text.layers.\1.attn_norm.weight"),
-    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"text.layers.\1.mlp_norm.weight"),
-    (r"^model\.layers\.(\d+)\.mlp\.((?:gate|up|down)_proj\.weight)$", r"text.layers.\1.mlp.\2"),
-    (r"^model\.norm\.weight$", "text.norm.weight"),
-    (r"^lm_head\.weight$", "lm_head.weight"),
+# THE key table: (published HF template, our template); None = dropped on purpose. Placeholders: {i} a
+# layer index, {p} weight|bias, {leaf} the rest of a key that both sides spell alike. Export inverts it.
+KEY_TABLE: tuple[tuple[str, str | None], ...] = (
+    ("visual.patch_embed.proj.weight", "visual.patch_embed.weight"),
+    ("visual.blocks.{i}.{leaf}", "visual.blocks.{i}.{leaf}"),
+    ("visual.merger.ln_q.{p}", "visual.merger.norm.{p}"),
+    ("visual.merger.mlp.0.{p}", "visual.merger.fc1.{p}"),
+    ("visual.merger.mlp.2.{p}", "visual.merger.fc2.{p}"),
+    ("model.embed_tokens.weight", "text.embed_tokens.weight"),
+    ("model.layers.{i}.self_attn.{leaf}", "text.layers.{i}.attn.{leaf}"),
+    ("model.layers.{i}.input_layernorm.weight", "text.layers.{i}.attn_norm.weight"),
+    ("model.layers.{i}.post_attention_layernorm.weight", "text.layers.{i}.mlp_norm.weight"),
+    ("model.layers.{i}.mlp.{leaf}", "text.layers.{i}.mlp.{leaf}"),
+    ("model.norm.weight", "text.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("{leaf}.inv_freq", None),  # rotary buffers: recomputed from the config
+    ("{leaf}.original_inv_freq", None),
 )
-_OURS_TO_HF: tuple[tuple[str, str], ...] = (
-    (r"^visual\.patch_embed\.weight$", "visual.patch_embed.proj.weight"),
-    (r"^visual\.merger\.norm\.(weight|bias)$", r"visual.merger.ln_q.\1"),
-    (r"^visual\.merger\.fc1\.(weight|bias)$", r"visual.merger.mlp.0.\1"),
-    (r"^visual\.merger\.fc2\.(weight|bias)$", r"visual.merger.mlp.2.\1"),
-    (r"^visual\.blocks\.(.+)$", r"visual.blocks.\1"),
-    (r"^text\.embed_tokens\.weight$", "model.embed_tokens.weight"),
-    (r"^text\.layers\.(\d+)\.attn\.(.+)$", r"model.layers.\1.self_attn.\2"),
-    (r"^text\.layers\.(\d+)\.attn_norm\.weight$", r"model.layers.\1.input_layernorm.weight"),
-    (r"^text\.layers\.(\d+)\.mlp_norm\.weight$", r"model.layers.\1.post_attention_layernorm.weight"),
-    (r"^text\.layers\.(\d+)\.mlp\.(.+)$", r"model.layers.\1.mlp.\2"),
-    (r"^text\.norm\.weight$", "model.norm.weight"),
-    (r"^lm_head\.weight$", "lm_head.weight"),
-)
-_DROPPED = re.compile(r"(^|\.)(inv_freq|original_inv_freq)$")
+_PLACEHOLDER = {"i": r"(?P<i>\d+)", "p": r"(?P<p>weight|bias)", "leaf": r"(?P<leaf>[\w.]+?)"}
 PATCH_EMBED_KEY = "visual.patch_embed.weight"
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
+    regex = "".join(_PLACEHOLDER[part] if i % 2 else re.escape(part) for i, part in enumerate(parts))
+    return re.compile(f"^{regex}$")
+
+
+_TO_OURS = [(_compile(hf), ours) for hf, ours in KEY_TABLE]
+_TO_HF = [(_compile(ours), hf) for hf, ours in KEY_TABLE if ours is not None]
+
+
+def _translate(key: str, rules: list[tuple[re.Pattern[str], str | None]]) -> tuple[bool, str | None]:
+    for pattern, template in rules:
+        match = pattern.match(key)
+        if match:
+            return True, None if template is None else template.format(**match.groupdict())
+    return False, None
 
 
 class MappingError(ValueError):
@@ -89,20 +82,18 @@ def canonical_hf_key(key: str) -> str:
 def hf_key_to_ours(key: str) -> str | None:
     """Our key for an HF key in either layout; None for keys dropped on purpose; MappingError if unknown."""
     key = canonical_hf_key(key)
-    if _DROPPED.search(key):
-        return None
-    for pattern, replacement in _HF_TO_OURS:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key)
-    raise MappingError(f"unknown Hugging Face key {key!r}: not part of a Qwen2-VL / Qwen2.5-VL checkpoint")
+    found, ours = _translate(key, _TO_OURS)
+    if not found:
+        raise MappingError(f"unknown Hugging Face key {key!r}: not part of a Qwen2-VL / Qwen2.5-VL checkpoint")
+    return ours
 
 
 def our_key_to_hf(key: str) -> str:
     """The published HF key for one of our keys."""
-    for pattern, replacement in _OURS_TO_HF:
-        if re.match(pattern, key):
-            return re.sub(pattern, replacement, key)
-    raise MappingError(f"unknown qwenvl-min key {key!r}")
+    found, hf = _translate(key, _TO_HF)
+    if not found or hf is None:
+        raise MappingError(f"unknown qwenvl-min key {key!r}")
+    return hf
 
 
 def hf_tensor_to_ours(our_key: str, tensor: Tensor) -> Tensor:
@@ -121,64 +112,17 @@ def our_tensor_to_hf(config: Config, our_key: str, tensor: Tensor) -> Tensor:
 
 
 def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
-    """Every key of our state dict with its shape, derived from the config alone."""
-    v, t = config.vision, config.text
-    shapes: dict[str, tuple[int, ...]] = {PATCH_EMBED_KEY: (v.width, v.patch_dim)}
-    for i in range(v.depth):
-        p = f"visual.blocks.{i}."
-        for norm in ("norm1", "norm2"):
-            shapes[p + norm + ".weight"] = (v.width,)
-            if v.family == "qwen2_vl":
-                shapes[p + norm + ".bias"] = (v.width,)
-        shapes[p + "attn.qkv.weight"] = (3 * v.width, v.width)
-        shapes[p + "attn.qkv.bias"] = (3 * v.width,)
-        shapes[p + "attn.proj.weight"] = (v.width, v.width)
-        shapes[p + "attn.proj.bias"] = (v.width,)
-        if v.family == "qwen2_vl":
-            shapes[p + "mlp.fc1.weight"], shapes[p + "mlp.fc1.bias"] = (
-                (v.mlp_hidden, v.width),
-                (v.mlp_hidden,),
-            )
-            shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (v.width, v.mlp_hidden), (v.width,)
-        else:
-            for name in ("gate_proj", "up_proj"):
-                shapes[p + f"mlp.{name}.weight"], shapes[p + f"mlp.{name}.bias"] = (
-                    (v.mlp_hidden, v.width),
-                    (v.mlp_hidden,),
-                )
-            shapes[p + "mlp.down_proj.weight"], shapes[p + "mlp.down_proj.bias"] = (
-                (v.width, v.mlp_hidden),
-                (v.width,),
-            )
-    merged = v.width * v.merge_size**2
-    shapes["visual.merger.norm.weight"] = (v.width,)
-    if v.family == "qwen2_vl":
-        shapes["visual.merger.norm.bias"] = (v.width,)
-    shapes["visual.merger.fc1.weight"], shapes["visual.merger.fc1.bias"] = (merged, merged), (merged,)
-    shapes["visual.merger.fc2.weight"], shapes["visual.merger.fc2.bias"] = (
-        (v.out_width, merged),
-        (v.out_width,),
-    )
+    """Every key of our state dict with its shape: the model itself, built on the meta device."""
+    return dict(_expected_shapes(config))
 
-    q_width, kv_width = t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
-    shapes["text.embed_tokens.weight"] = (t.vocab_size, t.hidden_size)
-    for i in range(t.num_layers):
-        p = f"text.layers.{i}."
-        shapes[p + "attn_norm.weight"] = (t.hidden_size,)
-        shapes[p + "mlp_norm.weight"] = (t.hidden_size,)
-        for name, width in (("q_proj", q_width), ("k_proj", kv_width), ("v_proj", kv_width)):
-            shapes[p + f"attn.{name}.weight"], shapes[p + f"attn.{name}.bias"] = (
-                (width, t.hidden_size),
-                (width,),
-            )
-        shapes[p + "attn.o_proj.weight"] = (t.hidden_size, q_width)
-        shapes[p + "mlp.gate_proj.weight"] = (t.intermediate_size, t.hidden_size)
-        shapes[p + "mlp.up_proj.weight"] = (t.intermediate_size, t.hidden_size)
-        shapes[p + "mlp.down_proj.weight"] = (t.hidden_size, t.intermediate_size)
-    shapes["text.norm.weight"] = (t.hidden_size,)
-    if not t.tie_word_embeddings:
-        shapes["lm_head.weight"] = (t.vocab_size, t.hidden_size)
-    return shapes
+
+@cache
+def _expected_shapes(config: Config) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    from ..model import QwenVL  # the model imports this package lazily too
+
+    with torch.device("meta"):
+        model = QwenVL(config, kernels="torch")
+    return tuple((key, tuple(t.shape)) for key, t in model.state_dict().items())
 
 
 def check_state_dict(config: Config, state: Mapping[str, Tensor]) -> None:
@@ -198,7 +142,8 @@ def check_shapes(config: Config, shapes: Mapping[str, tuple[int, ...]], what: st
     )
     problems = []
     if missing:
-        problems.append(f"missing keys {_preview(missing)}")
+        named = [f"{key} ({our_key_to_hf(key)})" for key in missing]  # the HF name is what a user can look for
+        problems.append(f"missing keys {_preview(named)}")
     if unexpected:
         problems.append(f"unexpected keys {_preview(unexpected)}")
     if wrong:
@@ -212,31 +157,58 @@ def _preview(items: list[str], limit: int = 12) -> str:
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
-def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strict conversion of a whole HF state dict (either layout) to ours."""
-    ours: dict[str, Tensor] = {}
+@dataclass(frozen=True)
+class WeightPlan:
+    """Where each of our tensors comes from in an HF checkpoint, decided from key names and shapes."""
+
+    sources: dict[str, str]  # our key -> HF key, in our state-dict order
+    dropped: list[str]  # HF keys left out on purpose (rotary buffers, a tied lm_head)
+    tied_lm_head: str | None  # HF key of a stored lm_head that a tied config drops: must equal the embeddings
+
+
+def plan_hf_to_ours(config: Config, hf_shapes: Mapping[str, tuple[int, ...]], what: str = "state dict") -> WeightPlan:
+    """The strict plan shared by `hf_state_dict_to_ours` and the file converter: every HF key mapped or
+    dropped on purpose, none produced twice, nothing missing, every shape as the config says."""
+    expected = expected_shapes(config)
     sources: dict[str, str] = {}
-    unknown = []
-    for hf_key, tensor in hf_state.items():
+    dropped, unknown, tied = [], [], None
+    for hf_key in hf_shapes:
         try:
             key = hf_key_to_ours(hf_key)
         except MappingError:
-            unknown.append(hf_key)
-            continue
+            key = ""
         if key is None:
-            continue
-        if key in ours:
+            dropped.append(hf_key)
+        elif key == "lm_head.weight" and config.text.tie_word_embeddings:
+            tied = hf_key  # a tied model may still store lm_head: redundant only if it equals the embeddings
+            dropped.append(hf_key)
+        elif key not in expected:  # not in the table, or e.g. a block index beyond the config's depth
+            unknown.append(hf_key)
+        elif key in sources:
             raise MappingError(f"keys {sources[key]!r} and {hf_key!r} both map to {key!r}")
-        ours[key], sources[key] = hf_tensor_to_ours(key, tensor), hf_key
+        else:
+            sources[key] = hf_key
     if unknown:
-        raise MappingError(f"unknown Hugging Face keys {_preview(sorted(unknown))}")
-    if config.text.tie_word_embeddings and "lm_head.weight" in ours:
-        lm_head = ours.pop("lm_head.weight")
-        embed = ours.get("text.embed_tokens.weight")
-        if embed is not None and not torch.equal(lm_head, embed):
+        raise MappingError(
+            "not part of a Qwen2-VL / Qwen2.5-VL checkpoint with this config: unknown Hugging Face keys "
+            f"{_preview(sorted(unknown))}"
+        )
+    check_shapes(config, {key: _our_shape(key, hf_shapes[hf_key]) for key, hf_key in sources.items()}, what)
+    return WeightPlan({key: sources[key] for key in expected}, sorted(dropped), tied)
+
+
+def _our_shape(our_key: str, hf_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(hf_tensor_to_ours(our_key, torch.empty(hf_shape, device="meta")).shape)
+
+
+def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Strict conversion of a whole HF state dict (either layout) to ours (tensors are not copied)."""
+    plan = plan_hf_to_ours(config, {key: tuple(t.shape) for key, t in hf_state.items()})
+    if plan.tied_lm_head is not None:
+        embed = hf_state[plan.sources["text.embed_tokens.weight"]]
+        if not torch.equal(hf_state[plan.tied_lm_head], embed):
             raise MappingError("config ties lm_head to the embeddings but lm_head.weight differs from them")
-    check_state_dict(config, ours)
-    return ours
+    return {key: hf_tensor_to_ours(key, hf_state[hf_key]) for key, hf_key in plan.sources.items()}
 
 
 def our_state_dict_to_hf(config: Config, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
