@@ -32,8 +32,8 @@ use_interpreter_without_cuda()
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
 from qwenvl_min.attention import segment_attention_torch  # noqa: E402
-from qwenvl_min.kernels import window_attention  # noqa: E402
 from qwenvl_min.geometry import frame_lengths, window_layout  # noqa: E402
+from qwenvl_min.kernels import window_attention  # noqa: E402
 from qwenvl_min.segments import Segments  # noqa: E402
 
 HEADS, HEAD_DIM = 16, 80

@@ -40,7 +40,9 @@ TextAttend = Callable[[Tensor, Tensor, Tensor, "Tensor | None", float], Tensor]
 def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
     """(N, H, D) -> (S_g, H, L, D) for one length group (a view when the group is one run of rows)."""
     if group.first is not None:
-        x = x[group.first : group.first + group.count * group.length].view(group.count, group.length, *x.shape[1:])
+        x = x[group.first : group.first + group.count * group.length].view(
+            group.count, group.length, *x.shape[1:]
+        )
     else:
         x = x[group.index]  # (S_g, L, H, D)
     return x.transpose(1, 2)
@@ -118,7 +120,9 @@ def segment_attention_from_maps(v: Tensor, segments: Segments, maps: SegmentMaps
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """SDPA; see the module docstring for the contract (mask None: causal, queries at the end)."""
     causal = mask is None and q.shape[2] > 1
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+    )
 
 
 def causal_attention_maps(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .config import Config
+from .geometry import window_layout
 from .model import QwenVL
 from .processor import (
     IMAGE_MAX_PIXELS,
@@ -20,7 +21,6 @@ from .processor import (
     preprocess_image,
     preprocess_video,
 )
-from .geometry import window_layout
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -86,7 +86,6 @@ class TextConfig:
     max_position_embeddings: int = 32768
     mrope_layout: str = "sections"  # which position axis drives each rotary frequency: rope.MROPE_LAYOUTS
 
-
     def __post_init__(self) -> None:
         from .rope import MROPE_LAYOUTS  # rope knows the layouts; it needs nothing from this module
 

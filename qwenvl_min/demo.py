@@ -235,8 +235,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"generated ids: {tokens}  (random weights: ids, not words)")
 
-    written = _demo_pictures(
-        out, config, image_in, video_in, taps.cache[maps_name], block, len(frames)
-    )
+    written = _demo_pictures(out, config, image_in, video_in, taps.cache[maps_name], block, len(frames))
     print("wrote: " + "  ".join(str(p) for p in written))
     return 0

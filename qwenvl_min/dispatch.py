@@ -49,9 +49,13 @@ def resolve_kernels(choice: str | None) -> str:
             raise ValueError(f"{KERNELS_ENV} must be 0, 1 or unset, got {forced!r}")
         choice = {"": "auto", "0": "torch", "1": "triton"}[forced]
     if choice not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES} (or None for the environment default), got {choice!r}")
+        raise ValueError(
+            f"kernels must be one of {KERNEL_CHOICES} (or None for the environment default), got {choice!r}"
+        )
     if choice == "triton" and not triton_available():
-        raise RuntimeError("kernels='triton' needs the Triton kernels but triton is not importable; use 'torch'")
+        raise RuntimeError(
+            "kernels='triton' needs the Triton kernels but triton is not importable; use 'torch'"
+        )
     return choice
 
 
@@ -66,7 +70,9 @@ def segment_attention_triton(q: Tensor, k: Tensor, v: Tensor, segments: Segments
     if segments.order is not None:
         q, k, v = (x.index_select(0, segments.order) for x in (q, k, v))  # (N, H, Dh) packed
     # Segments builds a valid cu_seqlens on the host, so skip the launcher's checks (a device sync each)
-    out = window_attention(q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale, validate=False)
+    out = window_attention(
+        q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale, validate=False
+    )
     return out if segments.inverse is None else out.index_select(0, segments.inverse)
 
 
@@ -86,7 +92,11 @@ def rotary_auto(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor,
     return path(q, k, cos, sin)
 
 
-_VISION_ATTEND = {"torch": segment_attention_torch, "triton": segment_attention_triton, "auto": segment_attention_auto}
+_VISION_ATTEND = {
+    "torch": segment_attention_torch,
+    "triton": segment_attention_triton,
+    "auto": segment_attention_auto,
+}
 _ROTARY = {"torch": rope.apply_rotary, "triton": rotary_triton, "auto": rotary_auto}
 
 

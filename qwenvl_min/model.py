@@ -123,7 +123,9 @@ class QwenVL(nn.Module):
         hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = F.linear(hidden, self.text.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+        logits = (
+            F.linear(hidden, self.text.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+        )
         return ForwardOutput(logits, positions, deltas, cache)
 
     def _check_token_inputs(

@@ -123,5 +123,7 @@ def _mrope_constants(
     inv_freq = inverse_frequencies(head_dim, theta).to(device)
     axis_of_freq = MROPE_LAYOUTS[layout](mrope_section).to(device)
     if axis_of_freq.shape != (head_dim // 2,):
-        raise ValueError(f"M-RoPE layout {layout!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}")
+        raise ValueError(
+            f"M-RoPE layout {layout!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}"
+        )
     return inv_freq, axis_of_freq

@@ -85,7 +85,9 @@ def tap_names(model: nn.Module | Config) -> list[str]:
 
 
 def _suggestion(name: str, valid: set[str]) -> str:
-    renamed = _RENAMED.get(name, "visual." + name.removeprefix("vision.") if name.startswith("vision.") else "")
+    renamed = _RENAMED.get(
+        name, "visual." + name.removeprefix("vision.") if name.startswith("vision.") else ""
+    )
     return f"; tap names are module paths now: use {renamed!r}" if renamed in valid else ""
 
 
@@ -162,7 +164,9 @@ class Taps:
         else:
 
             def text_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-                return causal_attention_from_maps(v, self.flow(name, causal_attention_maps(q, k, mask, scale)))
+                return causal_attention_from_maps(
+                    v, self.flow(name, causal_attention_maps(q, k, mask, scale))
+                )
 
             module.attend = text_attend
 

@@ -190,5 +190,3 @@ class VisionTower(nn.Module):
         for block in self.blocks:
             x = block(x, layout)
         return self.merger(x)
-
-

@@ -237,9 +237,7 @@ def test_rope_index_grids_and_blocks_disagree() -> None:
 
 @pytest.mark.parametrize("name", ["visual.block.1", "text.layers.9", "visual.blocks.4", "text.norm.weight"])
 def test_unknown_tap_names(name: str) -> None:
-    with pytest.raises(
-        TapError, match=rf"unknown tap name '{name}' .*model.tap_names\(\) lists all of them"
-    ):
+    with pytest.raises(TapError, match=rf"unknown tap name '{name}' .*model.tap_names\(\) lists all of them"):
         model("qwen2_5_vl").taps(read=[name])
     with pytest.raises(TapError, match="unknown tap name"):
         model("qwen2_5_vl").taps(replace={name: torch.zeros(1)})

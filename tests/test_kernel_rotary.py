@@ -19,9 +19,9 @@ import sys
 
 import pytest
 import torch
+from hf_models import rope_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hf_models import rope_config
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
 
 from qwenvl_min import rope

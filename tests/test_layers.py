@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hf_models import rope_config
 from transformers.activations import ACT2FN
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
-
-from hf_models import rope_config
 
 from qwenvl_min.layers import RMSNorm, quick_gelu
 from qwenvl_min.rope import apply_rotary, inverse_frequencies, mrope_table, vision_rotary_table

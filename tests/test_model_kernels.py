@@ -8,8 +8,7 @@ import pytest
 import torch
 from hf_models import randomize_
 
-from qwenvl_min import Config, QwenVL
-from qwenvl_min import dispatch, rope
+from qwenvl_min import Config, QwenVL, dispatch, rope
 from qwenvl_min.attention import segment_attention_torch
 from qwenvl_min.dispatch import KERNELS_ENV, resolve_kernels
 

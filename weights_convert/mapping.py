@@ -84,7 +84,9 @@ def hf_key_to_ours(key: str) -> str | None:
     key = canonical_hf_key(key)
     found, ours = _translate(key, _TO_OURS)
     if not found:
-        raise MappingError(f"unknown Hugging Face key {key!r}: not part of a Qwen2-VL / Qwen2.5-VL checkpoint")
+        raise MappingError(
+            f"unknown Hugging Face key {key!r}: not part of a Qwen2-VL / Qwen2.5-VL checkpoint"
+        )
     return ours
 
 
@@ -142,7 +144,9 @@ def check_shapes(config: Config, shapes: Mapping[str, tuple[int, ...]], what: st
     )
     problems = []
     if missing:
-        named = [f"{key} ({our_key_to_hf(key)})" for key in missing]  # the HF name is what a user can look for
+        named = [
+            f"{key} ({our_key_to_hf(key)})" for key in missing
+        ]  # the HF name is what a user can look for
         problems.append(f"missing keys {_preview(named)}")
     if unexpected:
         problems.append(f"unexpected keys {_preview(unexpected)}")
@@ -166,7 +170,9 @@ class WeightPlan:
     tied_lm_head: str | None  # HF key of a stored lm_head that a tied config drops: must equal the embeddings
 
 
-def plan_hf_to_ours(config: Config, hf_shapes: Mapping[str, tuple[int, ...]], what: str = "state dict") -> WeightPlan:
+def plan_hf_to_ours(
+    config: Config, hf_shapes: Mapping[str, tuple[int, ...]], what: str = "state dict"
+) -> WeightPlan:
     """The strict plan shared by `hf_state_dict_to_ours` and the file converter: every HF key mapped or
     dropped on purpose, none produced twice, nothing missing, every shape as the config says."""
     expected = expected_shapes(config)
