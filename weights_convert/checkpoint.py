@@ -35,9 +35,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing ({what})")
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); it should be the {what}") from err
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointError(f"{path} is not valid JSON ({why}); it should be the {what}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} should hold a JSON object ({what}), found {type(data).__name__}")
     return data
