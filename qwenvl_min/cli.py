@@ -7,8 +7,9 @@
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
-Errors the user can fix (missing file, bad checkpoint, unknown tap, prompt too long) print one line and
-exit with status 1; argparse usage errors exit with 2.
+Exit status: 0 success; 1 an error the user can fix (missing file, bad checkpoint, unknown tap, prompt
+too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors
+(argparse); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from .processor import (
     concat_outputs,
     load_rgb,
 )
+from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
+from .validate import check_sampling
 
 # ---- inspect ----------------------------------------------------------------------------------------------
 
@@ -99,10 +102,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.image and not args.video and not args.prompt:
         raise CliError("nothing to answer: give --prompt and optionally --image / --video")
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     for path in [*args.image, *args.video]:
         if not Path(path).is_file():
             raise CliError(f"input file not found: {path}")
-    model = load_model(args.model, args.dtype, args.device)
+    model = load_model(args.model, args.dtype, args.device, args.verify)
     config = model.config
     tokenizer_path = args.tokenizer or args.model
     try:
@@ -202,6 +206,11 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: as stored)"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every shard against manifest.json first (default: sizes and headers)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,14 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with terminate_as_exception():
+            return int(args.func(args))
     except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
     except (OSError, ValueError, KeyError, ImportError) as err:
         # the library's own errors already say what is wrong and what to do
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+    except MemoryError:
+        print(
+            "error: out of memory; lower --max-pixels / --max-vision-tokens, or use a smaller --dtype",
+            file=sys.stderr,
+        )
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     return 1
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from .processor import (
     preprocess_video,
 )
 from .segments import window_layout
+from .validate import guard_finite_hidden_states
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,11 +92,15 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
     return f"{len(sizes)} of up to {side}x{side} patches ({counts} patches); full-frame blocks: {full}"
 
 
-def load_model(path: str, dtype: str | None, device: str) -> QwenVL:
+def load_model(path: str, dtype: str | None, device: str, verify: bool = False) -> QwenVL:
+    """A converted checkpoint, checked against its manifest (every byte with verify), whose forward
+    raises on NaN/inf hidden states instead of answering garbage."""
     from .load import load
     from .weights_convert.checkpoint import CheckpointError
 
     try:
-        return load(path, dtype=None if dtype is None else DTYPES[dtype], device=device)
+        model = load(path, dtype=None if dtype is None else DTYPES[dtype], device=device, verify=verify)
     except CheckpointError as err:
         raise CliError(f"{err} (`qwenvl-min convert SRC DST` runs the same converter)") from err
+    guard_finite_hidden_states(model)
+    return model

@@ -56,7 +56,7 @@ def cmd_latents(args: argparse.Namespace) -> int:
         raise CliError(
             f"several inputs share the output name(s) {clash}; outputs are named after the input stem"
         )
-    model = load_model(args.model, args.dtype, args.device)
+    model = load_model(args.model, args.dtype, args.device, args.verify)
     try:
         Taps(model.config, read=names)  # check the names before any work
     except KeyError as err:

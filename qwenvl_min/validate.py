@@ -123,5 +123,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def guard_finite_hidden_states(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Make every forward of `model` raise if the decoder's final hidden states hold NaN/inf, instead of
+    greedy decoding silently answering token 0 (NaN logits argmax to 0). One reduction per step."""
+
+    def hook(module: torch.nn.Module, inputs: object, output: Tensor) -> None:
+        check_finite(
+            "the decoder's final hidden states",
+            output,
+            "NaN weights or inputs: check the checkpoint with --verify, or use --dtype float32",
+        )
+
+    return model.text.norm.register_forward_hook(hook)
+
+
 def _hint(hint: str) -> str:
     return f" ({hint})" if hint else ""

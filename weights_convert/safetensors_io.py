@@ -225,6 +225,14 @@ def mmap_tensors(header: Header) -> dict[str, Tensor]:
     return tensors
 
 
+def header_sha256(path: Path) -> str:
+    """sha256 of the length prefix and the JSON header: a cheap fingerprint of names, shapes and offsets."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        return hashlib.sha256(prefix + f.read(min(length, _MAX_HEADER_BYTES))).hexdigest()
+
+
 def file_sha256(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
