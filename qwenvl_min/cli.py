@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .budget import DEFAULT_MAX_VISION_TOKENS
 from .cli_support import (
     DTYPES,
     FAMILIES,
@@ -37,6 +38,7 @@ from .cli_support import (
 )
 from .config import Config
 from .demo import cmd_demo
+from .fs import write_atomic
 from .latents import cmd_latents
 from .processor import (
     IMAGE_MAX_PIXELS,
@@ -58,7 +60,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     config = Config.preset(RELEASED[args.family])  # only the config: no weights are built
     v = config.vision
     path = Path(args.input)
-    inputs = preprocess(path, args.min_pixels, args.max_pixels)
+    inputs = preprocess(path, args.min_pixels, args.max_pixels, args.max_vision_tokens)
     video = is_video(path)
     grid_key, rows_key = (
         ("video_grid_thw", "pixel_values_videos") if video else ("image_grid_thw", "pixel_values")
@@ -86,9 +88,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"  merged tokens     {tokens} (+2 for <|vision_start|>/<|vision_end|> = {tokens + 2} prompt tokens)"
     )
     out = Path(args.out) if args.out else Path(f"{path.stem}.tiling.png")
+    if out.exists() and out.resolve() == path.resolve():
+        raise CliError(f"--out {out} is the input file; choose another name for the overlay PNG")
     caption = [f"{path.name}: {t}x{h}x{w} patches -> {tokens} tokens" + (" (frame 0)" if video else "")]
     window = v.window_merged if v.family == "qwen2_5_vl" else None
-    draw_tiling(frames[0], (h, w), window_merged=window, caption=caption).save(out)
+    write_atomic(
+        out,
+        lambda tmp: draw_tiling(frames[0], (h, w), window_merged=window, caption=caption).save(
+            tmp, format="PNG"
+        ),
+    )
     print(f"wrote: {out}")
     return 0
 
@@ -116,8 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{err}. The converter copies tokenizer.json from the Hugging Face checkpoint when it has one; "
             "copy it into the model directory or pass --tokenizer PATH"
         ) from err
-    images = [image_inputs(p, args.min_pixels, args.max_pixels) for p in args.image]
-    videos = [video_inputs(p, args.min_pixels, args.max_pixels) for p in args.video]
+    images = [image_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.image]
+    videos = [video_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.video]
     vision: dict[str, Tensor] = {}
     if images:
         vision |= concat_outputs(images)
@@ -195,6 +204,12 @@ def _add_pixel_budget(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="largest resized area (default: the processor's, per kind)",
+    )
+    parser.add_argument(
+        "--max-vision-tokens",
+        type=int,
+        default=None,
+        help=f"refuse an input costing more vision tokens, checked before decoding (default {DEFAULT_MAX_VISION_TOKENS})",
     )
 
 

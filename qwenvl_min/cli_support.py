@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .budget import DEFAULT_MAX_VISION_TOKENS
 from .config import Config
 from .model import QwenVL
 from .processor import (
@@ -38,32 +39,43 @@ def is_video(path: str | os.PathLike[str]) -> bool:
 
 
 def image_inputs(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """An image file -> the model's image kwargs (None: the processor's default pixel budget)."""
     return preprocess_image(
         path,
         min_pixels=IMAGE_MIN_PIXELS if min_pixels is None else min_pixels,
         max_pixels=IMAGE_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
 
 def video_inputs(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """A video file -> the model's video kwargs (every frame, fps from the container; default video budget)."""
     return preprocess_video(
         path,
         min_pixels=VIDEO_MIN_PIXELS if min_pixels is None else min_pixels,
         max_pixels=VIDEO_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
 
 def preprocess(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
-    """One input file, image or video by suffix -> the model's vision kwargs."""
-    return (video_inputs if is_video(path) else image_inputs)(path, min_pixels, max_pixels)
+    """One input file, image or video by suffix -> the model's vision kwargs (budget checked first)."""
+    return (video_inputs if is_video(path) else image_inputs)(path, min_pixels, max_pixels, max_tokens)
 
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:

@@ -19,6 +19,8 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _RENAME_NOREPLACE = 1
@@ -137,6 +139,23 @@ def rename_noreplace(src: Path, dst: Path) -> None:
             raise FileExistsError(errno.EEXIST, "already exists", str(dst)) from None
         os.rmdir(dst)
         raise
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` a temporary file beside `path`, give it umask permissions, rename it over `path`:
+    a file at `path` is always complete, and a failure or signal leaves nothing (not even tmp)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        apply_umask(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def rename_exchange(a: Path, b: Path) -> bool:
