@@ -7,8 +7,9 @@
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
-Errors the user can fix (missing file, bad checkpoint, unknown tap, prompt too long) print one line and
-exit with status 1; argparse usage errors exit with 2.
+Exit status: 0 success; 1 an error the user can fix (missing file, bad checkpoint, unknown tap, prompt
+too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors
+(argparse); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .budget import DEFAULT_MAX_VISION_TOKENS
 from .cli_support import (
     DTYPES,
     FAMILIES,
@@ -36,6 +38,7 @@ from .cli_support import (
 )
 from .config import Config
 from .demo import cmd_demo
+from .fs import write_atomic
 from .latents import cmd_latents
 from .processor import (
     IMAGE_MAX_PIXELS,
@@ -45,6 +48,8 @@ from .processor import (
     concat_outputs,
     load_rgb,
 )
+from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
+from .validate import check_sampling
 
 # ---- inspect ----------------------------------------------------------------------------------------------
 
@@ -55,7 +60,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     config = Config.preset(RELEASED[args.family])  # only the config: no weights are built
     v = config.vision
     path = Path(args.input)
-    inputs = preprocess(path, args.min_pixels, args.max_pixels)
+    inputs = preprocess(path, args.min_pixels, args.max_pixels, args.max_vision_tokens)
     video = is_video(path)
     grid_key, rows_key = (
         ("video_grid_thw", "pixel_values_videos") if video else ("image_grid_thw", "pixel_values")
@@ -83,9 +88,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"  merged tokens     {tokens} (+2 for <|vision_start|>/<|vision_end|> = {tokens + 2} prompt tokens)"
     )
     out = Path(args.out) if args.out else Path(f"{path.stem}.tiling.png")
+    if out.exists() and out.resolve() == path.resolve():
+        raise CliError(f"--out {out} is the input file; choose another name for the overlay PNG")
     caption = [f"{path.name}: {t}x{h}x{w} patches -> {tokens} tokens" + (" (frame 0)" if video else "")]
     window = v.window_merged if v.family == "qwen2_5_vl" else None
-    draw_tiling(frames[0], (h, w), window_merged=window, caption=caption).save(out)
+    write_atomic(
+        out,
+        lambda tmp: draw_tiling(frames[0], (h, w), window_merged=window, caption=caption).save(
+            tmp, format="PNG"
+        ),
+    )
     print(f"wrote: {out}")
     return 0
 
@@ -99,10 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.image and not args.video and not args.prompt:
         raise CliError("nothing to answer: give --prompt and optionally --image / --video")
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     for path in [*args.image, *args.video]:
         if not Path(path).is_file():
             raise CliError(f"input file not found: {path}")
-    model = load_model(args.model, args.dtype, args.device)
+    model = load_model(args.model, args.dtype, args.device, args.verify)
     config = model.config
     tokenizer_path = args.tokenizer or args.model
     try:
@@ -112,8 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{err}. The converter copies tokenizer.json from the Hugging Face checkpoint when it has one; "
             "copy it into the model directory or pass --tokenizer PATH"
         ) from err
-    images = [image_inputs(p, args.min_pixels, args.max_pixels) for p in args.image]
-    videos = [video_inputs(p, args.min_pixels, args.max_pixels) for p in args.video]
+    images = [image_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.image]
+    videos = [video_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.video]
     vision: dict[str, Tensor] = {}
     if images:
         vision |= concat_outputs(images)
@@ -192,6 +205,12 @@ def _add_pixel_budget(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest resized area (default: the processor's, per kind)",
     )
+    parser.add_argument(
+        "--max-vision-tokens",
+        type=int,
+        default=None,
+        help=f"refuse an input costing more vision tokens, checked before decoding (default {DEFAULT_MAX_VISION_TOKENS})",
+    )
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +221,11 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: as stored)"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every shard against manifest.json first (default: sizes and headers)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,14 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with terminate_as_exception():
+            return int(args.func(args))
     except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
     except (OSError, ValueError, KeyError, ImportError) as err:
         # the library's own errors already say what is wrong and what to do
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+    except MemoryError:
+        print(
+            "error: out of memory; lower --max-pixels / --max-vision-tokens, or use a smaller --dtype",
+            file=sys.stderr,
+        )
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     return 1
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":

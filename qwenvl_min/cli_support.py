@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .budget import DEFAULT_MAX_VISION_TOKENS
 from .config import Config
 from .geometry import window_layout
 from .model import QwenVL
@@ -21,6 +22,7 @@ from .processor import (
     preprocess_image,
     preprocess_video,
 )
+from .validate import guard_finite_hidden_states
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,32 +39,43 @@ def is_video(path: str | os.PathLike[str]) -> bool:
 
 
 def image_inputs(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """An image file -> the model's image kwargs (None: the processor's default pixel budget)."""
     return preprocess_image(
         path,
         min_pixels=IMAGE_MIN_PIXELS if min_pixels is None else min_pixels,
         max_pixels=IMAGE_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
 
 def video_inputs(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """A video file -> the model's video kwargs (every frame, fps from the container; default video budget)."""
     return preprocess_video(
         path,
         min_pixels=VIDEO_MIN_PIXELS if min_pixels is None else min_pixels,
         max_pixels=VIDEO_MAX_PIXELS if max_pixels is None else max_pixels,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
 
 def preprocess(
-    path: str | os.PathLike[str], min_pixels: int | None, max_pixels: int | None
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Tensor]:
-    """One input file, image or video by suffix -> the model's vision kwargs."""
-    return (video_inputs if is_video(path) else image_inputs)(path, min_pixels, max_pixels)
+    """One input file, image or video by suffix -> the model's vision kwargs (budget checked first)."""
+    return (video_inputs if is_video(path) else image_inputs)(path, min_pixels, max_pixels, max_tokens)
 
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
@@ -91,11 +104,15 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
     return f"{len(sizes)} of up to {side}x{side} patches ({counts} patches); full-frame blocks: {full}"
 
 
-def load_model(path: str, dtype: str | None, device: str) -> QwenVL:
+def load_model(path: str, dtype: str | None, device: str, verify: bool = False) -> QwenVL:
+    """A converted checkpoint, checked against its manifest (every byte with verify), whose forward
+    raises on NaN/inf hidden states instead of answering garbage."""
     from .load import load
     from .weights_convert.checkpoint import CheckpointError
 
     try:
-        return load(path, dtype=None if dtype is None else DTYPES[dtype], device=device)
+        model = load(path, dtype=None if dtype is None else DTYPES[dtype], device=device, verify=verify)
     except CheckpointError as err:
         raise CliError(f"{err} (`qwenvl-min convert SRC DST` runs the same converter)") from err
+    guard_finite_hidden_states(model)
+    return model

@@ -10,6 +10,7 @@ differ from the released checkpoints (e.g. Qwen2.5-VL vision hidden_size 3584 vs
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,33 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 class ConfigError(ValueError):
     """A config dict cannot describe a Qwen2-VL / Qwen2.5-VL model."""
+
+
+def _check_types(obj: object, where: str) -> None:
+    """Every int field a whole number >= 1 (token ids >= 0), every float field finite and > 0, bools bools.
+
+    Runs first in each dataclass's __post_init__, so a config from any source (HF dict, our own
+    config.json, a hand-made dataclass) fails with a ConfigError naming the field, never with a
+    ZeroDivisionError or TypeError deep inside the model."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "int":
+            minimum = 0 if f.name.endswith("_token_id") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{where} field {f.name!r} must be an integer >= {minimum}, got {value!r}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where} field {f.name!r} must be a finite number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"{where} field {f.name!r} must be positive, got {value!r}")
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"{where} field {f.name!r} must be true or false, got {value!r}")
+        elif kind == "tuple[int, ...]":
+            if not isinstance(value, tuple) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in value
+            ):
+                raise ConfigError(f"{where} field {f.name!r} must be a list of integers >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +67,7 @@ class VisionConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        _check_types(self, "vision config")
         if self.family not in FAMILIES:
             raise ConfigError(f"vision family must be one of {FAMILIES}, got {self.family!r}")
         if self.width % self.num_heads or (self.width // self.num_heads) % 4:
@@ -87,6 +116,8 @@ class TextConfig:
     mrope_layout: str = "sections"  # which position axis drives each rotary frequency: rope.MROPE_LAYOUTS
 
     def __post_init__(self) -> None:
+        _check_types(self, "text config")
+
         from .rope import MROPE_LAYOUTS  # rope knows the layouts; it needs nothing from this module
 
         if self.mrope_layout not in MROPE_LAYOUTS:
@@ -124,6 +155,9 @@ class Config:
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
+            raise ConfigError("Config needs a VisionConfig and a TextConfig")
+        _check_types(self, "config")
         if self.model_type not in FAMILIES:
             raise ConfigError(f"model_type must be one of {FAMILIES}, got {self.model_type!r}")
         if self.vision.family != self.model_type:
@@ -159,10 +193,12 @@ class Config:
         vision_src = config.get("vision_config")
         if not isinstance(vision_src, dict):
             raise ConfigError("config has no vision_config dict")
+        for key in ("rope_parameters", "rope_scaling"):
+            _dict(text_src, key, "text config")
         text = _text_from_hf(text_src, config)
         vision = _vision_from_hf(model_type, vision_src)
         ids = {
-            key: int(config.get(key, text_src.get(key, default)))
+            key: _int(config, key, "config", text_src.get(key, default), minimum=0)
             for key, default in (
                 ("image_token_id", 151655),
                 ("video_token_id", 151656),
@@ -256,12 +292,16 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         try:
             vision = dict(data["vision"])
-            vision["fullatt_block_indexes"] = tuple(vision.get("fullatt_block_indexes", ()))
+            vision["fullatt_block_indexes"] = _int_list(
+                vision.get("fullatt_block_indexes", ()), "fullatt_block_indexes", "vision"
+            )
             text = dict(data["text"])
-            text["mrope_section"] = tuple(text["mrope_section"])
+            text["mrope_section"] = _int_list(text["mrope_section"], "mrope_section", "text")
             rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
             return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **rest)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
             raise ConfigError(
                 f"not a qwenvl-min config dict ({err}); was it written by our converter?"
             ) from err
@@ -279,10 +319,60 @@ def _int_if_integral(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x  # HF's strict config types want an int here
 
 
+_MISSING = object()
+
+
 def _require(src: dict[str, Any], key: str, where: str) -> Any:
     if key not in src or src[key] is None:
         raise ConfigError(f"config field {key!r} is missing from {where}; it is needed to build the model")
     return src[key]
+
+
+def _field(src: dict[str, Any], key: str, where: str, default: Any) -> Any:
+    if default is _MISSING:
+        return _require(src, key, where)
+    value = src.get(key)
+    return default if value is None else value
+
+
+def _int(src: dict[str, Any], key: str, where: str, default: Any = _MISSING, minimum: int = 1) -> int:
+    """A JSON integer field (4 or 4.0; never "4", true or 4.5), checked >= minimum."""
+    value = _field(src, key, where, default)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config field {key!r} in {where} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"config field {key!r} in {where} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(src: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> float:
+    """A JSON number field, finite and positive."""
+    return _as_float(_field(src, key, where, default), key, where)
+
+
+def _as_float(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"config field {key!r} in {where} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"config field {key!r} in {where} must be positive, got {value!r}")
+    return float(value)
+
+
+def _int_list(value: Any, key: str, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config field {key!r} in {where} must be a list of integers, got {value!r}")
+    return tuple(_int({key: v}, key, where, minimum=0) for v in value)
+
+
+def _dict(src: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = src.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config field {key!r} in {where} must be an object, got {value!r}")
+    return value
 
 
 def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
@@ -293,8 +383,8 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
         raise ConfigError(
             "use_sliding_window=true is not supported (no released Qwen2-VL checkpoint uses it)"
         )
-    rope = src.get("rope_parameters") or {}
-    scaling = src.get("rope_scaling") or {}
+    rope = _dict(src, "rope_parameters", where)
+    scaling = _dict(src, "rope_scaling", where)
     theta = rope.get("rope_theta", src.get("rope_theta"))
     section = rope.get("mrope_section", scaling.get("mrope_section"))
     if theta is None:
@@ -305,59 +395,63 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
         raise ConfigError(
             f"config field 'mrope_section' is missing from the {where} (rope_parameters/rope_scaling)"
         )
-    heads = int(_require(src, "num_attention_heads", where))
+    heads = _int(src, "num_attention_heads", where)
     tie = root.get("tie_word_embeddings", src.get("tie_word_embeddings", False))
     if not tie and src.get("tie_word_embeddings"):
         tie = True  # pre-v5 layout kept the flag on the text config
+    if not isinstance(tie, bool):
+        raise ConfigError(f"config field 'tie_word_embeddings' must be true or false, got {tie!r}")
     return TextConfig(
-        vocab_size=int(_require(src, "vocab_size", where)),
-        hidden_size=int(_require(src, "hidden_size", where)),
-        intermediate_size=int(_require(src, "intermediate_size", where)),
-        num_layers=int(_require(src, "num_hidden_layers", where)),
+        vocab_size=_int(src, "vocab_size", where),
+        hidden_size=_int(src, "hidden_size", where),
+        intermediate_size=_int(src, "intermediate_size", where),
+        num_layers=_int(src, "num_hidden_layers", where),
         num_heads=heads,
-        num_kv_heads=int(src.get("num_key_value_heads") or heads),
-        rms_norm_eps=float(_require(src, "rms_norm_eps", where)),
-        rope_theta=float(theta),
-        mrope_section=tuple(int(s) for s in section),
-        tie_word_embeddings=bool(tie),
-        max_position_embeddings=int(src.get("max_position_embeddings", 32768)),
+        num_kv_heads=_int(src, "num_key_value_heads", where, heads),
+        rms_norm_eps=_float(src, "rms_norm_eps", where),
+        rope_theta=_as_float(theta, "rope_theta", where),
+        mrope_section=_int_list(section, "mrope_section", where),
+        tie_word_embeddings=tie,
+        max_position_embeddings=_int(src, "max_position_embeddings", where, 32768),
     )
 
 
 def _vision_from_hf(model_type: str, src: dict[str, Any]) -> VisionConfig:
     where = "vision_config"
     common = dict(
-        depth=int(_require(src, "depth", where)),
-        num_heads=int(_require(src, "num_heads", where)),
-        patch_size=int(src.get("patch_size", 14)),
-        temporal_patch_size=int(src.get("temporal_patch_size", 2)),
-        merge_size=int(src.get("spatial_merge_size", 2)),
-        in_channels=int(src.get("in_channels", src.get("in_chans", 3))),
-        rope_theta=float((src.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        depth=_int(src, "depth", where),
+        num_heads=_int(src, "num_heads", where),
+        patch_size=_int(src, "patch_size", where, 14),
+        temporal_patch_size=_int(src, "temporal_patch_size", where, 2),
+        merge_size=_int(src, "spatial_merge_size", where, 2),
+        in_channels=_int(src, "in_channels", where, src.get("in_chans", 3)),
+        rope_theta=_float(_dict(src, "rope_parameters", where), "rope_theta", where, 10000.0),
     )
     if model_type == "qwen2_vl":
         if src.get("hidden_act", "quick_gelu") != "quick_gelu":
             raise ConfigError(
                 f"Qwen2-VL vision hidden_act {src['hidden_act']!r} is not supported (quick_gelu)"
             )
-        width = int(_require(src, "embed_dim", where))
+        width = _int(src, "embed_dim", where)
         return VisionConfig(
             family=model_type,
             width=width,
-            mlp_hidden=int(width * float(src.get("mlp_ratio", 4))),
-            out_width=int(_require(src, "hidden_size", where)),  # Qwen2-VL: hidden_size = merger output
+            mlp_hidden=int(width * _float(src, "mlp_ratio", where, 4)),
+            out_width=_int(src, "hidden_size", where),  # Qwen2-VL: hidden_size = merger output
             **common,
         )
     if src.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"Qwen2.5-VL vision hidden_act {src['hidden_act']!r} is not supported (silu)")
     return VisionConfig(
         family=model_type,
-        width=int(_require(src, "hidden_size", where)),  # Qwen2.5-VL: hidden_size = ViT width
-        mlp_hidden=int(_require(src, "intermediate_size", where)),
-        out_width=int(_require(src, "out_hidden_size", where)),
-        window_size=int(_require(src, "window_size", where)),
-        fullatt_block_indexes=tuple(int(i) for i in _require(src, "fullatt_block_indexes", where)),
-        tokens_per_second=float(_require(src, "tokens_per_second", where)),
+        width=_int(src, "hidden_size", where),  # Qwen2.5-VL: hidden_size = ViT width
+        mlp_hidden=_int(src, "intermediate_size", where),
+        out_width=_int(src, "out_hidden_size", where),
+        window_size=_int(src, "window_size", where),
+        fullatt_block_indexes=_int_list(
+            _require(src, "fullatt_block_indexes", where), "fullatt_block_indexes", where
+        ),
+        tokens_per_second=_float(src, "tokens_per_second", where),
         **common,
     )
 

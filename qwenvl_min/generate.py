@@ -27,6 +27,7 @@ from torch import Tensor
 from .model import QwenVL
 from .positions import generation_positions
 from .text import KVCache
+from .validate import check_finite, check_sampling
 
 
 def stream(
@@ -51,7 +52,7 @@ def stream(
     cfg = model.config
     stops = (cfg.eos_token_id,) if stop_token_ids is None else tuple(stop_token_ids)
     pad = cfg.bos_token_id if pad_token_id is None else pad_token_id  # Qwen pads with <|endoftext|> (= bos)
-    _check_request(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p)
+    _check_request(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed)
     device = model.text.embed_tokens.weight.device
     batch, length = input_ids.shape
     input_ids = input_ids.to(device)
@@ -204,6 +205,8 @@ def _pick(
     generator: torch.Generator | None,
 ) -> Tensor:
     """Next token of every row from last-position logits (B, V) -> (B,) int64."""
+    # NaN logits would make argmax return token 0 every step, an answer that looks normal
+    check_finite("logits", logits, "NaN/inf weights or inputs: check the checkpoint with verify=True")
     if temperature == 0:
         return logits.argmax(dim=-1)
     scores = logits.float() / temperature
@@ -228,21 +231,13 @@ def _check_request(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
+    seed: int | None,
 ) -> None:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise ValueError("input_ids must be an integer tensor of shape (batch, tokens)")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids has no tokens")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if temperature == 0 and (top_k is not None or top_p is not None):
-        raise ValueError("top_k / top_p only apply when sampling: set temperature > 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     context = model.config.text.max_position_embeddings
     if input_ids.shape[1] + max_new_tokens > context:
         raise ValueError(

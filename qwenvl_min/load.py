@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .model import QwenVL
+from .validate import resolve_device
 from .weights_convert.checkpoint import CheckpointError, read_our_config, scan_weights, verify_manifest
 from .weights_convert.mapping import MappingError, check_state_dict
 from .weights_convert.safetensors_io import mmap_tensors, read_header
@@ -29,13 +30,21 @@ def load(
     """A QwenVL in eval mode from a converted checkpoint directory.
 
     dtype: cast floating weights (default: as stored). device: where the weights end up; on "cpu" with
-    the stored dtype the parameters stay memory-mapped (no copy). verify: check every shard's sha256
-    against manifest.json first (reads every byte once).
+    the stored dtype the parameters stay memory-mapped (no copy). Every load checks each shard's size
+    and header against manifest.json (cheap); verify=True checks the sha256 of every byte instead.
+
+    The shards are mapped, not copied: do not modify or truncate them in place while a model loaded from
+    them runs (a truncated mapped file kills the process with SIGBUS). Replace a checkpoint by writing a
+    new directory and renaming it (what `convert --force` does): running jobs keep the old files.
     """
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise CheckpointError(f"dtype must be a floating torch dtype such as torch.bfloat16, got {dtype!r}")
+    try:
+        device = resolve_device(device)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     directory = Path(path).expanduser()
     config = read_our_config(directory)
-    if verify:
-        verify_manifest(directory)
     files = sorted({file for file, _ in scan_weights(directory).values()})
     state = {}
     for file in files:
@@ -44,7 +53,7 @@ def load(
         check_state_dict(config, state)
     except MappingError as err:
         raise CheckpointError(f"{directory}: {err}; re-convert the checkpoint") from err
-    device = torch.device(device)
+    verify_manifest(directory, full=verify)
     for key, tensor in state.items():
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)

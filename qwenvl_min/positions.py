@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .config import Config
 from .geometry import merged_coordinates
+from .validate import check_seconds_per_grid
 
 
 def get_rope_index(
@@ -35,6 +36,8 @@ def get_rope_index(
     attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Returns positions (3, B, T) int64 and deltas (B, 1) int64. Vision tokens are found by their pad ids."""
+    if second_per_grid_ts is not None:
+        check_seconds_per_grid(second_per_grid_ts)  # NaN/inf/<= 0 would become absurd positions
     if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise ValueError(
             f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}"

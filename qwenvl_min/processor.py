@@ -26,6 +26,7 @@ over the (h/2, w/2) block grid, inside a block (0,0), (0,1), (1,0), (1,1); withi
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .budget import DEFAULT_MAX_VISION_TOKENS, check_pixel_budget, check_source_size, check_tokens
 from .geometry import frames_to_rows, still_to_rows
+from .validate import finite_number, positive_int
 
 PATCH_SIZE = 14
 TEMPORAL_PATCH_SIZE = 2
@@ -72,8 +75,15 @@ def smart_resize(
     aspect-ratio test is strict and uses the raw size (ratio 200 passes, anything above raises), so a very
     thin image can still end with one side of exactly `factor`.
     """
+    for name, value in (("height", height), ("width", width), ("factor", factor)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    factor = positive_int("factor", factor)
+    finite_number("min_pixels", min_pixels, minimum=0)
+    finite_number("max_pixels", max_pixels, positive=True)
+    finite_number("max_aspect_ratio", max_aspect_ratio, positive=True)
     if min_pixels > max_pixels:
         raise ValueError(
             f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}); lower min_pixels or raise "
@@ -101,7 +111,7 @@ def smart_resize(
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def _open_image_file(path: str | os.PathLike) -> Image.Image:
+def _open_image_file(path: str | os.PathLike, decode: bool = True) -> Image.Image:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path!r}")
@@ -109,12 +119,37 @@ def _open_image_file(path: str | os.PathLike) -> Image.Image:
         raise IsADirectoryError(f"expected an image file, got a directory: {path!r}")
     try:
         image = Image.open(path)
-        image.load()  # Image.open is lazy: decode now, so a truncated file fails here with its path named
+        check_source_size(f"image {path!r}", image.width, image.height)
+        if decode:
+            image.load()  # Image.open is lazy: decode now, so a truncated file fails here with its path named
     except UnidentifiedImageError:
         raise ValueError(f"{path!r} is not an image file PIL can read (PNG, JPEG, WebP, ...)") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"image {path!r} is over PIL's decoding limit ({e}); if it is genuine, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
     except OSError as e:
         raise ValueError(f"could not read image file {path!r}: {e}") from e
     return image
+
+
+def _stated_size(image: ImageInput) -> tuple[int, int] | None:
+    """(height, width) after EXIF orientation, from the header alone; None for inputs load_rgb rejects."""
+    path = image if isinstance(image, (str, os.PathLike)) else None
+    if path is not None:
+        image = _open_image_file(path, decode=False)
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(ImageOps.ExifTags.Base.Orientation, 1)
+        except OSError as e:
+            raise ValueError(f"could not read image file {os.fspath(path or '')!r}: {e}") from e
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width  # transposed by exif_transpose
+        return height, width
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return int(image.shape[0]), int(image.shape[1])
+    return None
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
@@ -240,14 +275,32 @@ def _patchify_still(
     return out.reshape(gh * gw, c * temporal_patch_size * p * p)
 
 
-def _check_budget(min_pixels: int, max_pixels: int, patch_size: int, merge_size: int) -> None:
-    if min_pixels > max_pixels:
-        raise ValueError(
-            f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}); lower min_pixels or raise "
-            "max_pixels"
-        )
-    if patch_size <= 0 or merge_size <= 0:
+def _check_budget(
+    min_pixels: int,
+    max_pixels: int,
+    patch_size: int,
+    merge_size: int,
+    max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
+) -> int:
+    """Validates the size knobs before anything is decoded; returns max_tokens."""
+    if (
+        isinstance(patch_size, bool)
+        or isinstance(merge_size, bool)
+        or not isinstance(patch_size, int)
+        or not isinstance(merge_size, int)
+        or patch_size <= 0
+        or merge_size <= 0
+    ):
         raise ValueError(f"patch_size and merge_size must be positive, got {patch_size}, {merge_size}")
+    return check_pixel_budget(min_pixels, max_pixels, max_tokens)
+
+
+def _grid_of(
+    height: int, width: int, min_pixels: int, max_pixels: int, patch_size: int, merge_size: int
+) -> tuple[int, int]:
+    """The (h, w) patch grid smart_resize gives a height x width input."""
+    h, w = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
+    return h // patch_size, w // patch_size
 
 
 def _resize_rgb(image: Image.Image, min_pixels: int, max_pixels: int, factor: int) -> np.ndarray:
@@ -268,6 +321,7 @@ def preprocess_image(
     patch_size: int = PATCH_SIZE,
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     merge_size: int = MERGE_SIZE,
+    max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
 ) -> dict[str, torch.Tensor]:
     """One image or a list of images → {"pixel_values": fp32 (Σ h·w, 1176), "image_grid_thw": int64 (n, 3)}.
 
@@ -275,11 +329,21 @@ def preprocess_image(
     path to an image file. Rows of all images are concatenated in order; grid rows are [1, h, w] in patches.
     Equal to transformers' `Qwen2VLImageProcessorPil` (see the module docstring for the input-handling
     differences: EXIF, alpha and 16-bit data are handled the same way for every kind of input).
+    `max_tokens` bounds the vision tokens of all images together; it is checked from the image headers
+    before any pixel is decoded (see `qwenvl_min.budget`).
     """
-    _check_budget(min_pixels, max_pixels, patch_size, merge_size)
+    max_tokens = _check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     if not images:
         raise ValueError("no images given")
+    planned = 0
+    for item in images:
+        size = _stated_size(item)
+        if size is not None and min(size) > 0:
+            gh, gw = _grid_of(*size, min_pixels, max_pixels, patch_size, merge_size)
+            planned += gh * gw
+    what = "the image" if len(images) == 1 else f"the {len(images)} images"
+    check_tokens(what, 1, planned, 1, merge_size, max_tokens, video=False)
     rows, grids = [], []
     for item in images:
         pixels = _resize_rgb(load_rgb(item), min_pixels, max_pixels, patch_size * merge_size)
@@ -313,6 +377,13 @@ def sample_frame_indices(
     """
     if total_frames <= 0:
         raise ValueError("the video has no frames")
+    finite_number("fps", fps, positive=True, hint="the rate the frames were recorded at")
+    if sample_fps is not None:
+        finite_number("sample_fps", sample_fps, positive=True)
+    if num_frames is not None:
+        positive_int("num_frames", num_frames)
+    positive_int("min_frames", min_frames)
+    positive_int("max_frames", max_frames)
     if sample_fps is not None and num_frames is not None:
         raise ValueError("pass either sample_fps or num_frames, not both")
     if sample_fps is None and num_frames is None:
@@ -336,20 +407,31 @@ def sample_frame_indices(
     return torch.arange(0, total_frames, total_frames / n).int().numpy()[:n]
 
 
-def _decode_frames(av, path: str, wanted: set[int]) -> tuple[list[np.ndarray], int]:
-    """Decode the whole stream once; return the wanted frames as RGB arrays (in order) and the frame count."""
+FramePrep = Callable[[int], Callable[[np.ndarray], np.ndarray]]  # kept count -> per-frame transform
+
+
+def _decode_frames(
+    av, path: str, wanted: set[int], prepare: FramePrep | None = None
+) -> tuple[list[np.ndarray], int]:
+    """Decode the whole stream once; return the wanted frames (in order) and the frame count. Each kept
+    frame goes through `prepare(len(wanted))` right away, so only one source-size frame is in memory."""
     kept, count = [], 0
+    transform = prepare(len(wanted)) if prepare is not None and wanted else None
     with av.open(path) as container:
         for count, frame in enumerate(container.decode(video=0), start=1):
             if count - 1 in wanted:
-                kept.append(frame.to_ndarray(format="rgb24"))
+                array = frame.to_ndarray(format="rgb24")
+                kept.append(array if transform is None else transform(array))
     return kept, count
 
 
 def _read_video_file(
-    path: str | os.PathLike, fps: float | None, sampler: Callable[[int, float], np.ndarray]
+    path: str | os.PathLike,
+    fps: float | None,
+    sampler: Callable[[int, float], np.ndarray],
+    prepare: FramePrep | None = None,
 ) -> tuple[list[np.ndarray], float, int]:
-    """Decode the frames `sampler(total_frames, fps)` picks. Returns (RGB frames, fps, total frames)."""
+    """Decode the frames `sampler(total_frames, fps)` picks. Returns (frames, fps, total frames)."""
     try:
         import av
     except ImportError:
@@ -368,17 +450,24 @@ def _read_video_file(
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             stated = stream.frames
+            width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:
+            check_source_size(f"video {path!r}", width, height)
         if fps is None:
             if not rate:
                 raise ValueError(f"{path!r} does not state a frame rate; pass fps")
-            fps = float(rate)
+            fps = finite_number("the frame rate", float(rate), positive=True, hint=f"of {path!r}; pass fps")
         # `stream.frames` is 0 for some containers and occasionally wrong; then count by decoding and sample
         # from the true count (a second pass, instead of holding every decoded frame in memory).
         total = stated if stated > 0 else _decode_frames(av, path, set())[1]
-        frames, decoded = _decode_frames(av, path, set(sampler(total, fps).tolist()) if total else set())
+        frames, decoded = _decode_frames(
+            av, path, set(sampler(total, fps).tolist()) if total else set(), prepare
+        )
         if decoded != total:
             total = decoded
-            frames, _ = _decode_frames(av, path, set(sampler(total, fps).tolist()) if total else set())
+            frames, _ = _decode_frames(
+                av, path, set(sampler(total, fps).tolist()) if total else set(), prepare
+            )
     except av.error.FFmpegError as e:
         raise ValueError(f"could not decode video file {path!r} (not a video, or corrupt): {e}") from e
     if total == 0:
@@ -399,6 +488,7 @@ def preprocess_video(
     patch_size: int = PATCH_SIZE,
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     merge_size: int = MERGE_SIZE,
+    max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
 ) -> dict[str, torch.Tensor]:
     """One video → {"pixel_values_videos": fp32 (t·h·w, 1176), "video_grid_thw": int64 (1, 3),
     "second_per_grid_ts": fp32 (1,)}.
@@ -417,8 +507,15 @@ def preprocess_video(
     repeating the last frame, and `second_per_grid_ts` = temporal_patch_size / sampled fps, with sampled
     fps = kept / total · fps.
     To batch several videos, concatenate the outputs (`concat_outputs`).
+
+    `max_tokens` bounds the video's vision tokens; it is checked from the frame count and the first
+    frame's size before any further frame is decoded or resized, and frames are resized as they are
+    decoded (see `qwenvl_min.budget`).
     """
-    _check_budget(min_pixels, max_pixels, patch_size, merge_size)
+    max_tokens = _check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
+    if fps is not None:
+        fps = finite_number("fps", fps, positive=True, hint="the rate the frames were recorded at")
+    factor = patch_size * merge_size
 
     def sampler(total: int, rate: float) -> np.ndarray:
         return sample_frame_indices(
@@ -431,9 +528,28 @@ def preprocess_video(
             max_frames=max_frames,
         )
 
+    def prepare(count: int) -> Callable[[ImageInput], np.ndarray]:
+        """Check the budget for `count` frames from the first frame's size, then resize frame by frame."""
+        target: list[tuple[int, int]] = []  # (h, w) of the source, set by the first frame
+
+        def transform(image: ImageInput) -> np.ndarray:
+            rgb = load_rgb(image)
+            if not target:
+                target.append((rgb.height, rgb.width))
+                gh, gw = _grid_of(rgb.height, rgb.width, min_pixels, max_pixels, patch_size, merge_size)
+                gt = -(-count // temporal_patch_size)
+                check_tokens("the video", gt, gh, gw, merge_size, max_tokens, video=True)
+            elif (rgb.height, rgb.width) != target[0]:
+                raise ValueError(
+                    f"all frames of a video must have one size, got {sorted({(target[0][1], target[0][0]), rgb.size})} (w, h)"
+                )
+            return _resize_rgb(rgb, min_pixels, max_pixels, factor)
+
+        return transform
+
     if isinstance(frames, (str, os.PathLike)):
-        images, fps, total = _read_video_file(frames, fps, sampler)
-        kept = len(images)
+        resized, fps, total = _read_video_file(frames, fps, sampler, prepare)
+        kept = len(resized)
     else:
         if fps is None:
             raise ValueError(
@@ -446,18 +562,11 @@ def preprocess_video(
         if total == 0:
             raise ValueError("the video has no frames")
         indices = sampler(total, fps)
-        images = [frames[i] for i in indices]
+        transform = prepare(len(indices))
+        resized = [transform(frames[i]) for i in indices]
         kept = len(indices)
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
 
-    rgb = [load_rgb(image) for image in images]
-    if len({im.size for im in rgb}) != 1:
-        raise ValueError(
-            f"all frames of a video must have one size, got {sorted({im.size for im in rgb})} (w, h)"
-        )
-    factor = patch_size * merge_size
-    pixels = np.stack([_resize_rgb(im, min_pixels, max_pixels, factor) for im in rgb])
+    pixels = np.stack(resized)
     if pad := -len(pixels) % temporal_patch_size:
         pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
 

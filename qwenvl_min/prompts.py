@@ -46,7 +46,14 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(
             f"no tokenizer.json at {file!r}; pass a checkpoint directory that has one (HF checkpoints do)"
         )
-    return Tokenizer.from_file(file)
+    try:
+        return Tokenizer.from_file(file)
+    except Exception as err:  # the tokenizers library raises its own untyped Exception for bad files
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"{file!r} is not a tokenizer.json the tokenizers library can read ({first}); copy it again "
+            "from the Hugging Face checkpoint"
+        ) from None
 
 
 def _content_text(content: str | Sequence[dict[str, Any]]) -> str:

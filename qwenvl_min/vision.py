@@ -26,6 +26,7 @@ from .geometry import frame_lengths, window_row_order
 from .layers import QuickGeluMLP, RMSNorm, SwiGLU
 from .rope import vision_rotary_table
 from .segments import Segments
+from .validate import check_finite
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def check_vision_inputs(config: VisionConfig, pixel_values: Tensor, grid_thw: Te
             f"{what} has {pixel_values.shape[0]} rows but its grid {grid_thw.tolist()} needs sum(t*h*w) = "
             f"{expected}"
         )
+    check_finite(what, pixel_values, "one NaN pixel turns every logit into NaN")
 
 
 def _describe(x: object) -> str:

@@ -6,7 +6,7 @@ lm_head. Grids are chosen so windows include exact multiples of the window side 
 HF pads with whole empty windows), edge windows (merged side 4k + r) and sub-window images.
 
 Compared: logits, every decoder layer's hidden states (plus the embeddings and the final norm), the
-pre-merge vision features (our `vision.pre_merge` tap, input order, vs HF's `last_hidden_state`, put back
+pre-merge vision features (our `visual.merger.input` tap, input order, vs HF's `last_hidden_state`, put back
 from window order for Qwen2.5) and the merged features (`model.visual` vs HF's `pooler_output`).
 
 Tolerance rule (fp32): max abs error <= 1e-5 * max(1, max|reference|). Both sides run the same fp32 math

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
-from .safetensors_io import Header, SafetensorsFormatError, TensorInfo, file_sha256, read_header
+from .safetensors_io import (
+    Header,
+    SafetensorsFormatError,
+    TensorInfo,
+    file_sha256,
+    header_sha256,
+    read_header,
+)
 
 FORMAT = "qwenvl-min"  # marker in our config.json and in every manifest.json
 FORMAT_VERSION = 1
@@ -35,9 +42,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing ({what})")
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); it should be the {what}") from err
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointError(f"{path} is not valid JSON ({why}); it should be the {what}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} should hold a JSON object ({what}), found {type(data).__name__}")
     return data
@@ -141,22 +149,33 @@ def preview(items: list[str], limit: int = 8) -> str:
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
-def verify_manifest(directory: Path) -> dict[str, Any]:
-    """Check every shard against the sha256 recorded at conversion; returns the manifest."""
+def verify_manifest(directory: Path, full: bool = True) -> dict[str, Any]:
+    """Check every shard against manifest.json; returns the manifest.
+
+    full=False (what `load` does by default, milliseconds): each shard's size and the sha256 of its
+    header (names, dtypes, shapes, offsets), which catch a truncated, extended, swapped or re-written
+    shard. full=True (`verify=True` / `--verify`): the sha256 of every byte, which also catches a
+    flipped bit in the tensor data."""
     manifest = read_json(directory / MANIFEST_FILE, "the conversion manifest written with the shards")
     records = manifest.get("shards")
-    if not isinstance(records, list) or not records:
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
         raise CheckpointError(f"{directory / MANIFEST_FILE} lists no shards; re-convert the checkpoint")
     missing, changed = [], []
     for record in records:
         path = directory / str(record.get("file"))
-        if not path.is_file():
+        if Path(str(record.get("file"))).name != str(record.get("file")) or not path.is_file():
             missing.append(path.name)
-        elif file_sha256(path) != record.get("sha256"):
+        elif full:
+            if file_sha256(path) != record.get("sha256"):
+                changed.append(path.name)
+        elif path.stat().st_size != record.get("bytes") or (
+            "header_sha256" in record and header_sha256(path) != record["header_sha256"]
+        ):
             changed.append(path.name)
     if missing or changed:
+        what = "sha256" if full else "size or header sha256"
         raise CheckpointError(
-            f"{directory} does not match its manifest: missing shards {missing}, shards whose sha256 changed "
+            f"{directory} does not match its manifest: missing shards {missing}, shards whose {what} changed "
             f"{changed}. The copy is incomplete or corrupt; copy or convert it again"
         )
     return manifest

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from .checkpoint import CheckpointError
 from .convert import DEFAULT_SHARD_SIZE, DTYPE_CHOICES, convert_checkpoint, export_to_hf
 
@@ -47,19 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 written, 1 refused (the one-line error says why), 130 Ctrl-C, 143 SIGTERM; nothing
+    partial is left in the last three cases."""
     action = export_to_hf if args.to_hf else convert_checkpoint
     try:
-        out = action(
-            args.src,
-            args.dst,
-            dtype=args.dtype,
-            shard_size=args.shard_size,
-            force=args.force,
-            progress=args.progress,
-        )
+        with terminate_as_exception():
+            out = action(
+                args.src,
+                args.dst,
+                dtype=args.dtype,
+                shard_size=args.shard_size,
+                force=args.force,
+                progress=args.progress,
+            )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {args.dst} was not written or changed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"error: terminated (SIGTERM); {args.dst} was not written or changed", file=sys.stderr)
+        return EXIT_TERMINATED
     print(f"wrote {out}")
     return 0
 

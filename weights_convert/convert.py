@@ -15,12 +15,10 @@ The key table lives in `mapping.py`, shared with `QwenVL.from_hf`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
@@ -33,6 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
+from ..faults import pause_point
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT,
@@ -48,6 +47,8 @@ from .checkpoint import (
     shard_name,
     write_json,
 )
+from .companions import COMPANION_FILES, read_companions
+from .destination import Destination
 from .mapping import (
     MappingError,
     check_shapes,
@@ -57,9 +58,10 @@ from .mapping import (
     our_tensor_to_hf,
     plan_hf_to_ours,
 )
-from .safetensors_io import TensorInfo, file_sha256, write_safetensors
+from .numerics import cast_checked, check_loadable
+from .safetensors_io import TensorInfo, header_sha256, write_safetensors
 
-CONVERTER_VERSION = "1"  # bump when the written layout or manifest changes
+CONVERTER_VERSION = "2"  # bump when the written layout or manifest changes
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # bytes; the "5GB" transformers has long used
 DTYPE_CHOICES = {
     "float32": torch.float32,
@@ -91,21 +93,8 @@ class _Item:
 
 
 # ---- public API ------------------------------------------------------------------------------------------
-# Files that travel with the weights unchanged (tokenizer, chat template, processor and generation
-# settings), so a converted directory is enough to run `qwenvl-min run`. Copied when the source has them.
-COMPANION_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.json",
-    "chat_template.jinja",
-    "preprocessor_config.json",
-    "video_preprocessor_config.json",
-    "generation_config.json",
-)
+# Companion files (tokenizer, chat template, processor and generation settings) travel with the weights
+# after the checks in companions.py, so a converted directory is enough to run `qwenvl-min run`.
 
 
 def convert_checkpoint(
@@ -123,31 +112,34 @@ def convert_checkpoint(
     progress: tqdm bar (None: only on a terminal). Returns the absolute path of `dst`.
     """
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
-    dst_path = _check_destination(dst, force)  # before a possibly long download
-    src_dir, source = resolve_source(src)
-    _check_no_overlap(src_dir, dst_path)
-    hf_config = read_json(src_dir / CONFIG_FILE, "the Hugging Face model config")
-    if is_converted(hf_config):
-        raise CheckpointError(
-            f"{src_dir} is already a qwenvl-min checkpoint: load it with qwenvl_min.load, or export it "
-            "with --to-hf (export_to_hf)"
+    with Destination(dst, force) as dest:  # locked and checked before a possibly long download
+        src_dir, source = resolve_source(src)
+        _check_no_overlap(src_dir, dest.path)
+        hf_config = read_json(src_dir / CONFIG_FILE, "the Hugging Face model config")
+        if is_converted(hf_config):
+            raise CheckpointError(
+                f"{src_dir} is already a qwenvl-min checkpoint: load it with qwenvl_min.load, or export it "
+                "with --to-hf (export_to_hf)"
+            )
+        try:
+            config = Config.from_hf(hf_config)
+        except ConfigError as err:
+            raise CheckpointError(f"{src_dir / CONFIG_FILE}: {err}") from err
+        weights = scan_weights(src_dir)
+        items, dropped = _plan_hf_to_ours(config, weights, out_dtype, src_dir)
+        check_loadable({item.out_key: item.dtype for item in items}, src_dir)
+        companions = read_companions(src_dir)
+        source["layout"] = _hf_layout(weights)
+
+        def produce(item: _Item) -> Tensor:
+            tensor = hf_tensor_to_ours(item.out_key, _read(item))
+            return cast_checked(tensor, item.dtype, item.src_key, item.src_file)
+
+        manifest = {"layout": FORMAT, "source": source, "dropped_source_keys": dropped}
+        _write_checkpoint(
+            dest, items, produce, max_shard, our_config_json(config), manifest, progress, companions
         )
-    try:
-        config = Config.from_hf(hf_config)
-    except ConfigError as err:
-        raise CheckpointError(f"{src_dir / CONFIG_FILE}: {err}") from err
-    weights = scan_weights(src_dir)
-    items, dropped = _plan_hf_to_ours(config, weights, out_dtype, src_dir)
-    source["layout"] = _hf_layout(weights)
-
-    def produce(item: _Item) -> Tensor:
-        return hf_tensor_to_ours(item.out_key, _read(item)).to(item.dtype)
-
-    manifest = {"layout": FORMAT, "source": source, "dropped_source_keys": dropped}
-    _write_checkpoint(
-        dst_path, items, produce, max_shard, our_config_json(config), manifest, progress, src_dir
-    )
-    return dst_path
+    return dest.path
 
 
 def export_to_hf(
@@ -164,29 +156,32 @@ def export_to_hf(
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
     src_dir = Path(src).expanduser().resolve()
     config = read_our_config(src_dir)
-    dst_path = _check_destination(dst, force)
-    _check_no_overlap(src_dir, dst_path)
-    weights = scan_weights(src_dir)
-    _check_shapes(config, {key: info.shape for key, (_, info) in weights.items()}, src_dir)
-    items = []
-    for key in expected_shapes(config):
-        path, info = weights[key]
-        shape = tuple(our_tensor_to_hf(config, key, _meta(info)).shape)
-        items.append(_Item(our_key_to_hf(key), key, path, _target_dtype(info, out_dtype), shape))
+    with Destination(dst, force) as dest:
+        _check_no_overlap(src_dir, dest.path)
+        weights = scan_weights(src_dir)
+        _check_shapes(config, {key: info.shape for key, (_, info) in weights.items()}, src_dir)
+        items = []
+        for key in expected_shapes(config):
+            path, info = weights[key]
+            shape = tuple(our_tensor_to_hf(config, key, _meta(info)).shape)
+            items.append(_Item(our_key_to_hf(key), key, path, _target_dtype(info, out_dtype), shape))
+        check_loadable({item.out_key: item.dtype for item in items}, src_dir)
+        companions = read_companions(src_dir)
 
-    def produce(item: _Item) -> Tensor:
-        return our_tensor_to_hf(config, item.src_key, _read(item)).to(item.dtype)
+        def produce(item: _Item) -> Tensor:
+            tensor = our_tensor_to_hf(config, item.src_key, _read(item))
+            return cast_checked(tensor, item.dtype, item.src_key, item.src_file)
 
-    hf_config = config.to_hf()
-    if len({item.dtype for item in items}) == 1:  # transformers' dtype="auto" reads this
-        hf_config["dtype"] = _torch_name(items[0].dtype)
-    manifest = {
-        "layout": "huggingface",
-        "source": {"path": str(src_dir), "layout": FORMAT},
-        "dropped_source_keys": [],
-    }
-    _write_checkpoint(dst_path, items, produce, max_shard, hf_config, manifest, progress, src_dir)
-    return dst_path
+        hf_config = config.to_hf()
+        if len({item.dtype for item in items}) == 1:  # transformers' dtype="auto" reads this
+            hf_config["dtype"] = _torch_name(items[0].dtype)
+        manifest = {
+            "layout": "huggingface",
+            "source": {"path": str(src_dir), "layout": FORMAT},
+            "dropped_source_keys": [],
+        }
+        _write_checkpoint(dest, items, produce, max_shard, hf_config, manifest, progress, companions)
+    return dest.path
 
 
 def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
@@ -325,15 +320,36 @@ def _plan_shards(items: list[_Item], max_bytes: int) -> list[list[_Item]]:
 
 
 def _write_checkpoint(
-    dst: Path,
+    dest: Destination,
     items: list[_Item],
     produce: Callable[[_Item], Tensor],
     max_shard: int,
     config_json: dict[str, Any],
     manifest: dict[str, Any],
     progress: bool | None,
-    companions_from: Path,
+    companions: dict[str, bytes],
 ) -> None:
+    try:
+        _write_staged(dest, items, produce, max_shard, config_json, manifest, progress, companions)
+    except OSError as err:
+        raise CheckpointError(
+            f"writing {dest.path} failed: {err} (disk full?); {dest.path} was not created or changed"
+        ) from None
+    pause_point("convert.before_commit")
+    dest.commit()
+
+
+def _write_staged(
+    dest: Destination,
+    items: list[_Item],
+    produce: Callable[[_Item], Tensor],
+    max_shard: int,
+    config_json: dict[str, Any],
+    manifest: dict[str, Any],
+    progress: bool | None,
+    companions: dict[str, bytes],
+) -> None:
+    tmp = dest.make_staging()
     shards = _plan_shards(items, max_shard)
     names = [shard_name(i + 1, len(shards)) for i in range(len(shards))]
     total = sum(item.nbytes for item in items)
@@ -341,55 +357,66 @@ def _write_checkpoint(
     for item in items:
         dtypes[_torch_name(item.dtype)] = dtypes.get(_torch_name(item.dtype), 0) + 1
     records = []
-    with _staging(dst) as tmp:
-        bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"writing {dst.name}",
-            disable=None if progress is None else not progress,
-        )
-        with bar:
-            for name, shard in zip(names, shards, strict=True):
-                by_key = {item.out_key: item for item in shard}
-                entries = [(item.out_key, item.dtype, item.shape) for item in shard]
-                digest = write_safetensors(
-                    tmp / name, entries, partial(_produce_key, produce, by_key), {"format": "pt"}, bar.update
-                )
-                records.append(
-                    {
-                        "file": name,
-                        "sha256": digest,
-                        "bytes": (tmp / name).stat().st_size,
-                        "key_count": len(shard),
-                    }
-                )
-        weight_map = {item.out_key: name for name, shard in zip(names, shards, strict=True) for item in shard}
-        write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
-        write_json(tmp / CONFIG_FILE, config_json)
-        companions = []
-        for name in COMPANION_FILES:
-            if (companions_from / name).is_file():
-                shutil.copyfile(companions_from / name, tmp / name)
-                companions.append({"file": name, "sha256": file_sha256(tmp / name)})
-        write_json(
-            tmp / MANIFEST_FILE,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "converter": "qwenvl_min.weights_convert",
-                "converter_version": CONVERTER_VERSION,
-                "qwenvl_min_version": _package_version(),
-                **manifest,
-                "dtype": next(iter(dtypes)) if len(dtypes) == 1 else "mixed",
-                "dtype_counts": dtypes,
-                "key_count": len(items),
-                "total_bytes": total,
-                "shards": records,
-                "companion_files": companions,
-            },
-        )
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"writing {dest.path.name}",
+        disable=None if progress is None else not progress,
+    )
+    with bar:
+        for name, shard in zip(names, shards, strict=True):
+            by_key = {item.out_key: item for item in shard}
+            entries = [(item.out_key, item.dtype, item.shape) for item in shard]
+            digest = write_safetensors(
+                tmp / name, entries, partial(_produce_key, produce, by_key), {"format": "pt"}, bar.update
+            )
+            records.append(
+                {
+                    "file": name,
+                    "sha256": digest,
+                    "header_sha256": header_sha256(tmp / name),
+                    "bytes": (tmp / name).stat().st_size,
+                    "key_count": len(shard),
+                }
+            )
+            pause_point("convert.shard_written")
+    weight_map = {item.out_key: name for name, shard in zip(names, shards, strict=True) for item in shard}
+    write_json(tmp / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(tmp / CONFIG_FILE, config_json)
+    copied = []
+    for name, data in companions.items():
+        (tmp / name).write_bytes(data)
+        copied.append({"file": name, "sha256": hashlib.sha256(data).hexdigest()})
+    write_json(
+        tmp / MANIFEST_FILE,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "converter": "qwenvl_min.weights_convert",
+            "converter_version": CONVERTER_VERSION,
+            "qwenvl_min_version": _package_version(),
+            **manifest,
+            "dtype": next(iter(dtypes)) if len(dtypes) == 1 else "mixed",
+            "dtype_counts": dtypes,
+            "key_count": len(items),
+            "total_bytes": total,
+            "shards": records,
+            "companion_files": copied,
+        },
+    )
+    for path in tmp.iterdir():  # the rename is only atomic if every file is on disk first
+        _fsync(path)
+    _fsync(tmp)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _produce_key(produce: Callable[[_Item], Tensor], by_key: dict[str, _Item], key: str) -> Tensor:
@@ -404,61 +431,9 @@ def _package_version() -> str:
 
 
 # ---- destination safety -------------------------------------------------------------------------------------
-def _check_destination(dst: str | os.PathLike[str], force: bool) -> Path:
-    dst_path = Path(dst).expanduser().resolve()
-    if dst_path.exists():
-        if not force:
-            raise CheckpointError(f"{dst_path} already exists; pass --force (force=True) to replace it")
-        if not _replaceable(dst_path):
-            raise CheckpointError(
-                f"refusing to replace {dst_path}: it is neither empty nor a directory written by this converter "
-                f"(no {MANIFEST_FILE} with format {FORMAT!r}); remove it yourself if it can go"
-            )
-    return dst_path
-
-
 def _check_no_overlap(src_dir: Path, dst_path: Path) -> None:
     # replacing or writing beside a directory inside SRC (or SRC's own parent chain) would modify SRC
     if dst_path == src_dir or src_dir in dst_path.parents or dst_path in src_dir.parents:
         raise CheckpointError(
             f"destination {dst_path} overlaps the source {src_dir}: choose a separate directory"
         )
-
-
-def _replaceable(path: Path) -> bool:
-    # --force replaces earlier outputs, never an arbitrary directory given by mistake
-    if not path.is_dir():
-        return False
-    if not any(path.iterdir()):
-        return True
-    try:
-        return read_json(path / MANIFEST_FILE, "manifest").get("format") == FORMAT
-    except CheckpointError:
-        return False
-
-
-@contextmanager
-def _staging(dst: Path) -> Iterator[Path]:
-    """A temporary directory beside dst that becomes dst only if the body completes."""
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    except OSError as err:
-        raise CheckpointError(
-            f"cannot write into {dst.parent}: {err}; choose a writable destination"
-        ) from err
-    try:
-        try:
-            yield tmp
-        except OSError as err:
-            raise CheckpointError(f"writing {dst} failed: {err} (disk full?); {dst} was not created") from err
-        if dst.exists():  # force: keep the old output until the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-            os.replace(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -87,21 +87,23 @@ def read_header(path: Path) -> Header:
         raw = f.read(length)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SafetensorsFormatError(f"{path}: the header is not valid JSON ({err}): corrupt file") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise SafetensorsFormatError(f"{path}: the header is not valid JSON ({why}): corrupt file") from None
     if not isinstance(header, dict):
         raise SafetensorsFormatError(f"{path}: the header is not a JSON object: corrupt file")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsFormatError(
+            f"{path}: __metadata__ must be an object of strings, got {_short(metadata)}: corrupt file"
+        )
     data_start = 8 + length
     tensors: dict[str, TensorInfo] = {}
     for key, entry in header.items():
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise SafetensorsFormatError(f"{path}: malformed header entry for {key!r}: {entry!r}") from err
-        if begin < 0 or end - begin != math.prod(shape) * dtype.itemsize:
+        dtype, shape, begin, end = _parse_entry(path, key, entry)
+        if end - begin != math.prod(shape) * dtype.itemsize:
             raise SafetensorsFormatError(
                 f"{path}: {key!r} has offsets [{begin}, {end}] that do not hold a {entry['dtype']} tensor of {shape}"
             )
@@ -119,6 +121,37 @@ def read_header(path: Path) -> Header:
     if position < size:
         raise SafetensorsFormatError(f"{path}: {size - position} bytes after the last tensor: corrupt file")
     return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_entry(path: Path, key: str, entry: object) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """One header entry -> (dtype, shape, begin, end); dims and offsets are JSON integers >= 0."""
+    if not isinstance(entry, dict):
+        raise SafetensorsFormatError(f"{path}: malformed header entry for {key!r}: {_short(entry)}")
+    dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise SafetensorsFormatError(
+            f"{path}: malformed header entry for {key!r}: dtype {_short(dtype_name)} is not one of "
+            f"{', '.join(DTYPES)}"
+        )
+    if not isinstance(shape, list) or not all(_is_index(d) for d in shape):
+        raise SafetensorsFormatError(
+            f"{path}: malformed header entry for {key!r}: shape {_short(shape)} is not a list of integers >= 0"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_index(o) for o in offsets)):
+        raise SafetensorsFormatError(
+            f"{path}: malformed header entry for {key!r}: data_offsets {_short(offsets)} are not two "
+            "integers >= 0"
+        )
+    return DTYPES[dtype_name], tuple(shape), offsets[0], offsets[1]
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_safetensors(
@@ -190,6 +223,14 @@ def mmap_tensors(header: Header) -> dict[str, Tensor]:
             raw = raw.clone()
         tensors[key] = raw.view(info.dtype).reshape(info.shape)
     return tensors
+
+
+def header_sha256(path: Path) -> str:
+    """sha256 of the length prefix and the JSON header: a cheap fingerprint of names, shapes and offsets."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        return hashlib.sha256(prefix + f.read(min(length, _MAX_HEADER_BYTES))).hexdigest()
 
 
 def file_sha256(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:
