@@ -167,6 +167,21 @@ def _backward(ctx, d_out: Tensor, _d_lse: Tensor | None):
 window_attention_op.register_autograd(_backward, setup_context=_setup)
 
 
+_SYNC_UNDER_COMPILE = (
+    f"{OP}: under torch.compile pass validate=False and max_seqlen: checking cu_seqlens' values (or "
+    "computing max_seqlen from them) copies cu_seqlens to the host, a device sync a compiled graph cannot "
+    "contain"
+)
+
+
+# disabled for dynamo, so the error reaches the caller as it is: with fullgraph=True as the reason of the
+# refused call, otherwise raised by this function when the compiled frame runs it (a `raise` traced by
+# dynamo would instead resume the frame eagerly, where the check passes and the sync happens)
+@torch.compiler.disable(reason=_SYNC_UNDER_COMPILE)
+def _refuse_sync_under_compile() -> None:
+    raise RuntimeError(_SYNC_UNDER_COMPILE)
+
+
 def window_attention(
     q: Tensor,
     k: Tensor,
@@ -197,11 +212,7 @@ def window_attention(
     compiling = torch.compiler.is_compiling()
     if validate or max_seqlen is None:
         if compiling:
-            raise RuntimeError(
-                f"{OP}: under torch.compile pass validate=False and max_seqlen (got validate={validate}, "
-                f"max_seqlen={max_seqlen}): checking cu_seqlens' values copies it to the host, a device "
-                "sync a compiled graph cannot contain"
-            )
+            _refuse_sync_under_compile()
         max_seqlen = _check_values(cu_seqlens, q.shape[0], max_seqlen)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if compiling or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
