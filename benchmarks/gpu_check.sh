@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check of the Triton kernels, well under 8 minutes on an H100/H200 (no internet needed):
 #   1. record the card (nvidia-smi) and install this project beside the machine's own torch/triton;
-#   2. run the kernel tests compiled (TRITON_INTERPRET unset), JUnit XML into benchmarks/results/;
+#   2. run every kernel test file (tests/test_kernel_*.py) compiled (TRITON_INTERPRET unset), JUnit XML
+#      into benchmarks/results/: this is where bf16 is checked bit for bit (rotary == torch's rounding)
+#      and the torch.compile / opcheck tests run against compiled kernels;
 #   3. run both kernel benchmarks (they verify outputs against references before timing) -> JSON.
 # Every step has a timeout; a failing step is reported and the remaining steps still run; the exit
 # status is non-zero if any step failed.  Usage: bash benchmarks/gpu_check.sh   (PYTHON=... to override)
@@ -38,8 +40,7 @@ step versions 60 "$PYTHON" -c 'import torch, triton, transformers as t; print("t
     "cuda", torch.version.cuda, "triton", triton.__version__, "transformers", t.__version__)'
 
 if "$PYTHON" -c 'import pytest, hypothesis' 2>/dev/null; then
-    step kernel-tests 240 "$PYTHON" -m pytest -q -p no:cacheprovider \
-        tests/test_kernel_rotary.py tests/test_kernel_window_attention.py \
+    step kernel-tests 240 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_kernel_*.py \
         --junitxml="$RESULTS/kernel-tests-$slug.xml"
 else
     echo "== kernel-tests: pytest/hypothesis are not installed here; the benchmarks below still verify outputs"

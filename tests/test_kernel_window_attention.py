@@ -16,7 +16,6 @@ Tolerances:
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -28,23 +27,14 @@ from hypothesis import strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from qwenvl_min.attention import segment_attention_torch
-from qwenvl_min.kernels import window_attention
+from qwenvl_min.kernels import _registry, window_attention
+from qwenvl_min.kernels import _window_attention_triton as wa
+from qwenvl_min.kernels._window_attention import FWD, attend_into
 from qwenvl_min.segments import Segments
 
-wa = importlib.import_module(
-    "qwenvl_min.kernels.window_attention"
-)  # the module (the package exports the function)
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (tests/conftest.py)
-SEGMENT_LENGTHS = [
-    0,
-    1,
-    4,
-    63,
-    64,
-    65,
-    300,
-]  # empty, single token, smallest edge window, window +- 1, a frame
+# empty, single token, smallest edge window, window +- 1, a frame
+SEGMENT_LENGTHS = [0, 1, 4, 63, 64, 65, 300]
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:
@@ -164,6 +154,16 @@ def test_bf16_flash_rule_with_one_ulp_allowance():
             assert bool((err <= ulp + 1e-5).all()), (name, (err - ulp).max().item())
 
 
+@pytest.mark.parametrize("name", [v.name for v in _registry.variants(FWD)])
+def test_every_registered_forward_variant_matches_torch(name):
+    """Every forward variant in the registry, on MIXED segments (fp32 tolerances as above)."""
+    q, k, v = _qkv(sum(MIXED), 2, 80)
+    out = torch.empty_like(q)
+    lse = torch.empty(2, sum(MIXED))
+    attend_into(q, k, v, _cu(MIXED), max(MIXED), 80**-0.5, out, lse, variant=name)
+    torch.testing.assert_close(out, _torch_attention(q, k, v, MIXED), atol=2e-5, rtol=1e-4)
+
+
 def test_lse_is_the_log_sum_exp_of_scaled_scores():
     lengths = [3, 0, 70, 1]
     q, k, v = _qkv(sum(lengths), 2, 64)
@@ -279,4 +279,4 @@ def test_compiles_for_sm90():
     cmd = [sys.executable, "-m", "qwenvl_min.kernels._aot", "window_attention", "--arch", "90"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok sm_90") == 12
+    assert result.stdout.count("ok sm_90") == len(_registry.aot_launches("window_attention"))

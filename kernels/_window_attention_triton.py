@@ -1,4 +1,6 @@
-"""Non-causal attention within segments (varlen / block-diagonal), forward and backward, in Triton.
+"""Triton code of the window (varlen) attention op: kernels, launch builders, ahead-of-time cases.
+The op around them (checks, torch.library registration, autograd) is `_window_attention.py`; the
+variants the launchers may run are listed in `_registry.py`.
 
 Tokens are packed (N, H, D); `cu_seqlens` (S + 1,) int32 cuts them into segments (Qwen2.5-VL's windows,
 or per-frame segments) and every token attends to all tokens of its own segment:
@@ -31,17 +33,18 @@ Shape legend: N packed tokens, H heads, D head_dim, S segments, L a segment's le
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ._checks import check_float, check_last_dim_contiguous, check_runnable, check_same_device
 from ._launch import Launch, is_interpreted
 
-MAX_HEAD_DIM = 256
+# fma contraction on, stated rather than left to Triton's default (which changes in Triton 3.10): the
+# attention's results are checked against tolerances, not bits (tile order already changes the sums)
+FMA = {"enable_fp_fusion": True}
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -83,7 +86,7 @@ def _segment(CU, pid, blocks_per_segment, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(
+def fwd_kernel(
     Q, K, V, O, LSE, CU, sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, so_t, so_h, n_tokens, m_blocks, qk_scale,
     HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, AS_FP32: tl.constexpr,
@@ -136,7 +139,7 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_dkdv_kernel(
+def bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU, sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sdo_t, sdo_h,
     sdk_t, sdk_h, sdv_t, sdv_h, n_tokens, n_blocks, qk_scale, scale,
     HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr,
@@ -201,7 +204,7 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
-def _bwd_dq_kernel(
+def bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU, sq_t, sq_h, sk_t, sk_h, sv_t, sv_h, sdo_t, sdo_h, sdq_t, sdq_h,
     n_tokens, m_blocks, qk_scale, scale,
     HEAD_DIM: tl.constexpr, D_MAIN: tl.constexpr, D_TAIL: tl.constexpr,
@@ -253,7 +256,7 @@ def _bwd_dq_kernel(
         _store_tile(dq_base, offs_m, m_ok, sdq_t, dq_b * scale, D_MAIN, D_TAIL, HEAD_DIM)
 
 
-INTERPRETED = is_interpreted(_fwd_kernel)
+INTERPRETED = is_interpreted(fwd_kernel)
 
 
 def split_head_dim(head_dim: int) -> tuple[int, int]:
@@ -288,8 +291,9 @@ def _strides(**tensors: Tensor) -> dict:
     return out
 
 
-def _fwd_launch(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
-                max_seqlen: int, scale: float) -> Launch:  # fmt: skip
+def fwd_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
+               max_seqlen: int, scale: float) -> Launch:  # fmt: skip
+    """Launch of `kernel` (fwd_kernel's parameters): out (N, H, D) and lse (H, N) fp32 from q, k, v."""
     n_tokens, heads, head_dim = q.shape
     # Windows (<= 64 tokens): one 64-row tile per window, so short windows waste little; long (per-frame)
     # segments: 128-row query tiles amortize each key tile over more queries. Wide heads need smaller
@@ -303,145 +307,88 @@ def _fwd_launch(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_se
         BLOCK_M=block_m, BLOCK_N=block_n,
     )  # fmt: skip
     grid = ((cu_seqlens.numel() - 1) * m_blocks, heads)
-    return Launch(_fwd_kernel, grid, args, num_warps=8 if block_m == 128 else 4, num_stages=2)
+    return Launch(kernel, grid, args, num_warps=8 if block_m == 128 else 4, num_stages=2, options=FMA)
 
 
-def _bwd_launches(q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor, dq: Tensor,
-                  dk: Tensor, dv: Tensor, cu_seqlens: Tensor, max_seqlen: int,
-                  scale: float) -> list[Launch]:  # fmt: skip
-    n_tokens, heads, head_dim = q.shape
+def _bwd_tiles(q: Tensor, max_seqlen: int) -> tuple[int, int, int]:
+    """(block, blocks per segment, warps) shared by both backward kernels."""
+    head_dim = q.shape[-1]
     block = _tile(max_seqlen, 64 if head_dim <= 128 and q.dtype != torch.float32 else 32)
-    blocks = triton.cdiv(max_seqlen, block)
-    segments = cu_seqlens.numel() - 1
-    shared = dict(
-        Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, CU=cu_seqlens, n_tokens=n_tokens,
-        qk_scale=scale * math.log2(math.e), scale=scale, **_common_args(head_dim, q.dtype),
+    return block, triton.cdiv(max_seqlen, block), 4 if head_dim <= 64 else 8
+
+
+def _bwd_args(q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor, cu_seqlens: Tensor,
+              scale: float, block: int) -> dict:  # fmt: skip
+    return dict(
+        Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, CU=cu_seqlens, n_tokens=q.shape[0],
+        qk_scale=scale * math.log2(math.e), scale=scale, **_common_args(q.shape[-1], q.dtype),
         BLOCK_M=block, BLOCK_N=block,
     )  # fmt: skip
-    dkdv = dict(**shared, DK=dk, DV=dv, n_blocks=blocks, **_strides(q=q, k=k, v=v, do=do, dk=dk, dv=dv))
-    dq_args = dict(**shared, DQ=dq, m_blocks=blocks, **_strides(q=q, k=k, v=v, do=do, dq=dq))
-    warps = 4 if head_dim <= 64 else 8
-    return [
-        Launch(_bwd_dkdv_kernel, (segments * blocks, heads), dkdv, num_warps=warps, num_stages=2),
-        Launch(_bwd_dq_kernel, (segments * blocks, heads), dq_args, num_warps=warps, num_stages=2),
-    ]
 
 
-def _check_attention(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int | None, validate: bool
-) -> int:
-    """Validate the arguments; return max_seqlen (computed from cu_seqlens when None)."""
-    op = "window_attention"
-    if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"{op}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected three (N, H, D) "
-            "tensors of one shape"
+def bwd_dkdv_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor,
+                    dk: Tensor, dv: Tensor, cu_seqlens: Tensor, max_seqlen: int,
+                    scale: float) -> Launch:  # fmt: skip
+    """Launch of `kernel` (bwd_dkdv_kernel's parameters): dk, dv from the saved forward and dO."""
+    block, blocks, warps = _bwd_tiles(q, max_seqlen)
+    args = dict(**_bwd_args(q, k, v, do, lse, delta, cu_seqlens, scale, block), DK=dk, DV=dv,
+                n_blocks=blocks, **_strides(q=q, k=k, v=v, do=do, dk=dk, dv=dv))  # fmt: skip
+    grid = ((cu_seqlens.numel() - 1) * blocks, q.shape[1])
+    return Launch(kernel, grid, args, num_warps=warps, num_stages=2, options=FMA)
+
+
+def bwd_dq_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse: Tensor, delta: Tensor,
+                  dq: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float) -> Launch:  # fmt: skip
+    """Launch of `kernel` (bwd_dq_kernel's parameters): dq from the saved forward and dO."""
+    block, blocks, warps = _bwd_tiles(q, max_seqlen)
+    args = dict(**_bwd_args(q, k, v, do, lse, delta, cu_seqlens, scale, block), DQ=dq, m_blocks=blocks,
+                **_strides(q=q, k=k, v=v, do=do, dq=dq))  # fmt: skip
+    grid = ((cu_seqlens.numel() - 1) * blocks, q.shape[1])
+    return Launch(kernel, grid, args, num_warps=warps, num_stages=2, options=FMA)
+
+
+# (dtype, head_dim, max_seqlen): windows and per-frame segments, D 80 and the widest D, fp32's own tiles
+_AOT_SHAPES = (
+    (torch.float16, 80, 64),
+    (torch.bfloat16, 80, 5476),
+    (torch.bfloat16, 256, 1024),
+    (torch.float32, 64, 64),
+)
+
+
+def _aot_tensors(dtype: torch.dtype, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A (tokens, heads, D) tensor, an (H, N) fp32 statistics tensor and a cu_seqlens, never filled."""
+    return (
+        torch.empty(8, 2, head_dim, dtype=dtype),
+        torch.empty(2, 8),
+        torch.tensor([0, 8], dtype=torch.int32),
+    )
+
+
+def fwd_aot_cases() -> list[tuple[str, tuple]]:
+    """Arguments of `fwd_launch` (after the kernel) for every tile configuration family."""
+    cases = []
+    for dtype, head_dim, max_seqlen in _AOT_SHAPES:
+        x, stats, cu = _aot_tensors(dtype, head_dim)
+        cases.append(
+            (f"{dtype} D={head_dim} max_seqlen={max_seqlen}", (x, x, x, x, stats, cu, max_seqlen, 0.1))
         )
-    head_dim = q.shape[-1]
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(
-            f"{op}: head_dim {head_dim} is not supported; expected 1 <= head_dim <= {MAX_HEAD_DIM}"
-        )
-    check_float(op, q=q, k=k, v=v)
-    check_same_device(op, q=q, k=k, v=v, cu_seqlens=cu_seqlens)
-    check_last_dim_contiguous(op, q=q, k=k, v=v)
-    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-        raise TypeError(
-            f"{op}: cu_seqlens is {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}; expected a 1-D "
-            "int32 tensor (segments + 1,)"
-        )
-    if max_seqlen is not None and (not isinstance(max_seqlen, int) or max_seqlen < 0):
-        raise ValueError(f"{op}: max_seqlen {max_seqlen!r}; expected a non-negative int or None")
-    check_runnable(op, q.device, INTERPRETED)
-    if not validate and max_seqlen is not None:
-        return max_seqlen
-    # One device-to-host copy validates everything (pass validate=False, with max_seqlen, to skip it).
-    cu = cu_seqlens.to("cpu", torch.int64)
-    lengths = cu[1:] - cu[:-1]
-    longest = int(lengths.max()) if lengths.numel() else 0
-    if int(cu[0]) != 0:
-        raise ValueError(f"{op}: cu_seqlens starts at {int(cu[0])}; expected 0")
-    if lengths.numel() and int(lengths.min()) < 0:
-        at = int(torch.nonzero(lengths < 0)[0])
-        raise ValueError(
-            f"{op}: cu_seqlens decreases at index {at} ({int(cu[at])} -> {int(cu[at + 1])}); expected "
-            "non-decreasing values (zero-length segments are fine)"
-        )
-    if int(cu[-1]) != q.shape[0]:
-        raise ValueError(f"{op}: cu_seqlens ends at {int(cu[-1])}; expected the token count {q.shape[0]}")
-    if max_seqlen is None:
-        return longest
-    if max_seqlen < longest:
-        raise ValueError(f"{op}: max_seqlen {max_seqlen} is smaller than the longest segment ({longest})")
-    return max_seqlen
+    return cases
 
 
-def _forward(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float
-) -> tuple[Tensor, Tensor]:
-    n_tokens, heads, _ = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((heads, n_tokens), dtype=torch.float32, device=q.device)
-    _fwd_launch(q, k, v, out, lse, cu_seqlens, max_seqlen, scale).run()
-    return out, lse
+def bwd_dkdv_aot_cases() -> list[tuple[str, tuple]]:
+    cases = []
+    for dtype, head_dim, max_seqlen in _AOT_SHAPES:
+        x, stats, cu = _aot_tensors(dtype, head_dim)
+        args = (x, x, x, x, stats, stats, x, x, cu, max_seqlen, 0.1)
+        cases.append((f"{dtype} D={head_dim} max_seqlen={max_seqlen}", args))
+    return cases
 
 
-class _WindowAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float
-    ) -> tuple[Tensor, Tensor]:
-        out, lse = _forward(q, k, v, cu_seqlens, max_seqlen, scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.max_seqlen, ctx.scale = max_seqlen, scale
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    @once_differentiable  # the kernels record no graph: double backward raises instead of lying
-    def backward(ctx, d_out: Tensor, _d_lse: Tensor | None) -> tuple[Tensor | None, ...]:
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        do = d_out.to(q.dtype)
-        do = do if do.stride(-1) == 1 else do.contiguous()
-        # delta_i = dO_i . O_i = sum_j P_ij dP_ij, (H, N) fp32 like lse
-        delta = (do.float() * out.float()).sum(-1).transpose(0, 1).contiguous()
-        dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-        for launch in _bwd_launches(
-            q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, ctx.max_seqlen, ctx.scale
-        ):
-            launch.run()
-        return dq, dk, dv, None, None, None
-
-
-def window_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    cu_seqlens: Tensor,
-    max_seqlen: int | None = None,
-    scale: float | None = None,
-    *,
-    return_lse: bool = False,
-    validate: bool = True,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """softmax(scale q k^T) v within each segment of `cu_seqlens` (non-causal), as one Triton launch.
-
-    q, k, v: (N, H, D), fp16/bf16/fp32, one shape and dtype, any strides with a contiguous last dimension
-    (e.g. slices of a fused qkv), D <= 256. cu_seqlens: (S + 1,) int32 on q's device, starting at 0,
-    non-decreasing (zero-length segments allowed), ending at N. max_seqlen: the longest segment (or any
-    larger bound; it only sizes the grid); None computes it. scale defaults to D^-0.5.
-    Returns the output (N, H, D) in q's dtype, and with `return_lse` also the fp32 log-sum-exp (H, N) of
-    the scaled scores (not differentiable). Differentiable in q, k, v.
-
-    The checks of cu_seqlens' values (and computing max_seqlen) copy it to the host: one sync per call.
-    `validate=False` skips that copy when max_seqlen is given (the caller vouches for cu_seqlens, e.g.
-    one built by `qwenvl_min.segments.Segments`); shapes, dtypes, devices and strides are always checked.
-    Torch reference: `qwenvl_min.attention.segment_attention_torch`.
-    """
-    max_seqlen = _check_attention(q, k, v, cu_seqlens, max_seqlen, validate)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        out, lse = _WindowAttention.apply(q, k, v, cu_seqlens, max_seqlen, scale)
-    else:  # inference: skip the autograd.Function machinery (host overhead counts for 64-token windows)
-        out, lse = _forward(q, k, v, cu_seqlens, max_seqlen, scale)
-    return (out, lse) if return_lse else out
+def bwd_dq_aot_cases() -> list[tuple[str, tuple]]:
+    cases = []
+    for dtype, head_dim, max_seqlen in _AOT_SHAPES:
+        x, stats, cu = _aot_tensors(dtype, head_dim)
+        args = (x, x, x, x, stats, stats, x, cu, max_seqlen, 0.1)
+        cases.append((f"{dtype} D={head_dim} max_seqlen={max_seqlen}", args))
+    return cases
