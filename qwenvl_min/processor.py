@@ -5,7 +5,7 @@ Pipeline (images and videos alike):
     → rescale 1/255 → CLIP mean/std normalize → patch rows of C·T·P·P = 3·2·14·14 = 1176 values.
 
 Reference: transformers 5.24 `Qwen2VLImageProcessorPil` (the PIL/NumPy backend). Images match it bit for
-bit. Things to know (see also DESIGN.md section 3):
+bit. Things to know (see also docs/design.md, "Traps we found"):
 - HF's *torchvision* backend resizes with antialiased bicubic on tensors and differs from the PIL backend by
   up to ~16 uint8 levels at sharp edges. torchvision cannot be installed beside the pinned CPU torch here, so
   the PIL backend is our reference, for videos too (HF's video processor exists only as a torchvision class;

@@ -1,7 +1,7 @@
 """Config: HF config.json dicts in both layouts, presets vs published parameter counts, and to_hf round trips.
 
 The "published" flat dicts below are written out by hand from the released checkpoints' config.json
-files (DESIGN.md section 3 table, HF_REFERENCE section 1.4): text fields at the top level, legacy
+files (docs/design.md, "Traps we found"): text fields at the top level, legacy
 `rope_scaling: {type: mrope, mrope_section}`, and a vision_config with the old spellings (`in_chans`,
 `spatial_patch_size`, model_type "qwen2_vl" / "qwen2_5_vl"). The nested dicts are what transformers 5
 `save_pretrained` writes for the same configs.
@@ -152,7 +152,7 @@ def test_flat_and_nested_give_the_preset(name: str, tmp_path) -> None:
 
 
 def test_tie_flag_in_pre_v5_text_config() -> None:
-    """Pre-v5 nested layouts kept tie_word_embeddings on the text config only (HF_REFERENCE 1.5)."""
+    """Pre-v5 nested layouts kept tie_word_embeddings on the text config only."""
     cfg = Config.preset("qwen2-vl-2b").to_hf()
     cfg["tie_word_embeddings"] = False
     cfg["text_config"]["tie_word_embeddings"] = True

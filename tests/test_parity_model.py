@@ -42,7 +42,7 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 # Videos: merged 4x6 per frame (window 4x4 plus 4x2 edge). Qwen2-VL t=3 -> T offsets 0,1,2;
 # Qwen2.5-VL t=4 with second_per_grid_ts 0.75 and tokens_per_second 2 -> step 1.5 -> T offsets 0,1,3,4.
 # In both the largest temporal offset (2 or 4) is <= the largest h/w offset (5), so HF 5.24's cursor rule
-# (s + max(H', W')) and the trained rule (largest position + 1) agree (DESIGN.md section 3).
+# (s + max(H', W')) and the trained rule (largest position + 1) agree (docs/design.md, "3-D positions").
 VIDEO = {"qwen2_vl": ((3, 8, 12), None), "qwen2_5_vl": ((4, 8, 12), [0.75])}
 
 

@@ -3,7 +3,7 @@
 Three independent references:
   * transformers 5.24's `model.model.get_rope_index`, wherever it follows the trained rule (text, images,
     left padding, videos whose largest temporal offset is <= their largest h/w offset);
-  * hand-derived positions (worked out in comments from the rule in DESIGN.md section 2) for text after a
+  * hand-derived positions (worked out in comments from the rule in docs/design.md, "3-D positions") for text after a
     multi-frame video, where HF 5.24 diverges, plus a test pinning that divergence;
   * a per-token walk written here (`walk_reference`), a different algorithm from ours (which fills whole
     runs and blocks with tensors), on hypothesis-generated layouts.
@@ -65,7 +65,7 @@ def assert_same_valid(ours: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor
 
 AGREEING_LAYOUTS = {
     "text": ([[9]], None),
-    "one_image": ([[2, ("image", (1, 4, 6)), 1]], None),  # HF_REFERENCE Ex1 shape
+    "one_image": ([[2, ("image", (1, 4, 6)), 1]], None),  # a 2x3 merged grid after 2 text tokens
     "two_images": ([[1, ("image", (1, 16, 20)), 3, ("image", (1, 6, 4)), 2]], None),
     "image_at_start_and_end": ([[("image", (1, 8, 8)), ("image", (1, 2, 2))]], None),
     "left_padding": ([[2, ("image", (1, 4, 4)), 1], [1, ("image", (1, 4, 8)), 2]], None),
@@ -93,7 +93,7 @@ def test_matches_hf_where_rules_agree(family: str, layout: str) -> None:
 # ---- text after a multi-frame video: hand-derived, and HF 5.24's divergence ------------------------------
 
 # Sequence: a <vs> [video, grid t=4, h=4, w=4 -> t'=4 frames of 2x2 merged tokens = 16 tokens] <ve> b,
-# 20 tokens. Trained rule (DESIGN.md section 2): text tokens take consecutive positions, so a = 0 and
+# 20 tokens. Trained rule (docs/design.md, "3-D positions"): text tokens take consecutive positions, so a = 0 and
 # <vs> = 1; the video block starts at s = 2 and its token (k, i, j) gets (2 + floor(k * step), 2 + i, 2 + j);
 # the next text token starts at (largest position used by the block) + 1.
 #   Qwen2-VL (step 1): frame T = 2, 3, 4, 5; H = 2,2,3,3 and W = 2,3,2,3 in every frame. Largest = 5, so
@@ -101,7 +101,7 @@ def test_matches_hf_where_rules_agree(family: str, layout: str) -> None:
 #   Qwen2.5-VL, tokens_per_second 2, second_per_grid_ts 1.0 (step 2.0): frame T = 2, 4, 6, 8. Largest = 8,
 #     so <ve> = 9, b = 10; delta = (10 + 1) - 20 = -9.
 # HF 5.24 instead moves the cursor to s + max(H', W') = 2 + 2 = 4 (<ve> = 4, b = 5), overlapping the
-# video's own temporal positions (HF_REFERENCE section 5.5; transformers 4.57.6 gives 6, 7 / 9, 10 as we do).
+# video's own temporal positions (transformers 4.57.6 gives 6, 7 / 9, 10 as we do).
 MULTI_FRAME = {
     "qwen2_vl": dict(seconds=None, frame_t=[2, 3, 4, 5], after=[6, 7], delta=-12, hf_after=[4, 5]),
     "qwen2_5_vl": dict(seconds=[1.0], frame_t=[2, 4, 6, 8], after=[9, 10], delta=-9, hf_after=[4, 5]),

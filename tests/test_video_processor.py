@@ -6,7 +6,7 @@ whole processor cannot run. We compare, exactly, what can run:
   method itself is torch-only);
 - patch layout and last-frame padding: HF's `Qwen2VLVideoProcessor.patchify` on frames that HF's PIL image
   processor resized, rescaled and normalized (our resize reference; HF's video resize is torchvision's
-  antialiased bicubic and differs by a few uint8 levels, see DESIGN.md section 3);
+  antialiased bicubic and differs by a few uint8 levels, see docs/design.md, "Traps we found");
 - frame size: HF's smart_resize with the video processor's default budget (128·28² .. 768·28² per frame);
 - second_per_grid_ts: 2 / HF's `VideoMetadata.sampled_fps`;
 - file decoding: HF's `read_video_pyav` (frames and fps) on the same file.
@@ -101,7 +101,7 @@ def test_pixels_and_grid_match_hf(hf_video_cls, t, h, w):
     rh, rw = smart_resize(h, w, min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28)
     assert grid == [(t + 1) // 2, rh // 14, rw // 14]
     if (t, h, w) == (9, 56, 84):
-        assert grid == [5, 20, 28]  # small videos are upscaled to the per-frame minimum (HF_REFERENCE 6.3)
+        assert grid == [5, 20, 28]  # small videos are upscaled to the per-frame minimum pixel budget
 
 
 def test_frame_list_equals_array():

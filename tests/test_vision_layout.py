@@ -109,7 +109,7 @@ def test_rotary_coordinates_and_tables_match_hf(grid: torch.Tensor, family: str,
 
 
 def test_known_layouts() -> None:
-    """Hand-checked examples (HF_REFERENCE section 2.4), independent of the HF code."""
+    """Hand-checked examples, independent of the HF code."""
     idx, sizes = window_layout(torch.tensor([[1, 8, 12]]), 4, MERGE)  # merged 4x6: a 4x4 and a 4x2 window
     assert idx.tolist() == [
         0,
