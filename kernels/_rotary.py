@@ -2,8 +2,8 @@
 torch ops: `torch.ops.qwenvl_min.rotary` (out of place, differentiable) and `torch.ops.qwenvl_min.rotary_`
 (in place). `apply_rotary` is the public entry point. The Triton code is `_rotary_triton.py`.
 
-Every token carries a half-width angle row a (R = D/2 values, given as cos a and sin a) and each of its
-head vectors x (D values) is rotated pairwise (the math of `qwenvl_min.rope.apply_rotary`):
+Every token carries a half-width angle row a (R = Dh/2 values, given as cos a and sin a) and each of its
+head vectors x (Dh values) is rotated pairwise (the math of `qwenvl_min.rope.apply_rotary`):
     x'[i]     = x[i] cos a[i] - x[i + R] sin a[i]
     x'[i + R] = x[i + R] cos a[i] + x[i] sin a[i]            i < R
 The rotation is orthogonal, so the backward pass is the rotation by -a (sin -> -sin) applied to the
@@ -27,7 +27,7 @@ kernel stays opaque to inductor (`triton_op`/`wrap_triton` would expose it, but 
 Eager calls that need no gradient skip the op dispatcher and run the same implementation directly
 (the dispatcher costs ~9 us per call on a 2-core CPU host, as much as the kernel launch itself).
 
-Shape legend: N packed tokens, B batch, T sequence, Hq/Hk heads, D head_dim, R = D/2.
+Shape legend: N packed tokens, B batch, T sequence, Hq/Hk heads, Dh head dim, R = Dh/2.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _check_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> None:
     op = "apply_rotary"
     for name, x in (("q", q), ("k", k)):
         if x.dim() not in (3, 4):
-            raise ValueError(f"{op}: {name} has shape {tuple(x.shape)}; expected (N, H, D) or (B, T, H, D)")
+            raise ValueError(f"{op}: {name} has shape {tuple(x.shape)}; expected (N, H, Dh) or (B, T, H, Dh)")
     if k.dim() != q.dim() or k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
         raise ValueError(
             f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in every dimension but heads"
@@ -177,7 +177,7 @@ def apply_rotary(
 ) -> tuple[Tensor, Tensor]:
     """Rotate-half rotary embedding of q and k with per-token half-width tables, in one Triton launch.
 
-    q: (N, Hq, D) or (B, T, Hq, D); k: the same with Hk heads; cos/sin: (N, D/2) or (B, T, D/2), one
+    q: (N, Hq, Dh) or (B, T, Hq, Dh); k: the same with Hk heads; cos/sin: (N, Dh/2) or (B, T, Dh/2), one
     float dtype for both. Any strides with a contiguous last dimension (e.g. q, k sliced out of a fused
     qkv). Math in promote(q dtype, table dtype) with torch's rounding (module docstring); outputs in q's
     dtype. Out of place by default (new contiguous tensors); `inplace=True` writes into q and k and

@@ -5,10 +5,10 @@ autograd) is `_rotary.py`; the variants the launcher may run are listed in `_reg
 The building blocks keep the three concerns of a rotary kernel apart, so a variant (another mapping of
 rows to programs, another table layout) reuses the math instead of copying it:
   _rows         which (b, t, h) rows a program owns
-  _load_half / _store_half   one half (R = D/2 columns) of a head vector, or of a table row
+  _load_half / _store_half   one half (R = Dh/2 columns) of a head vector, or of a table row
   _rotate       the rotation and its rounding rule (the numerics contract, see `_rotary.py`)
 
-Shape legend: B batch, T sequence, H heads, D head_dim, R = D/2.
+Shape legend: B batch, T sequence, H heads, Dh head dim, R = Dh/2.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def rotary_launch(
     k_out: torch.Tensor,
     conjugate: bool,
 ) -> Launch:
-    """Launch of `kernel` (rotary_kernel's parameters) for q, k, outputs (N, H, D) or (B, T, H, D) and
+    """Launch of `kernel` (rotary_kernel's parameters) for q, k, outputs (N, H, Dh) or (B, T, H, Dh) and
     cos/sin (N, R) or (B, T, R), already validated by the op."""
     q, k, q_out, k_out = (x if x.dim() == 4 else x.unsqueeze(0) for x in (q, k, q_out, k_out))
     cos, sin = (x if x.dim() == 3 else x.unsqueeze(0) for x in (cos, sin))

@@ -20,7 +20,7 @@ e.g. the next power of two): the kernel's tiles are powers of two anyway, the ex
 Eager calls that need no gradient skip the op dispatcher and run the same implementation directly (the
 dispatcher costs ~9 us per call on a 2-core CPU host; a 64-token window layer's kernel takes ~10 us).
 
-Shape legend: N packed tokens, H heads, D head_dim, S segments.
+Shape legend: N packed tokens, H heads, Dh head dim, S segments.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _check_static(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
     """Shapes, dtypes, devices, strides: host-side metadata only (no device sync, fine under compile)."""
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
-            f"{OP}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected three (N, H, D) "
+            f"{OP}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected three (N, H, Dh) "
             "tensors of one shape"
         )
     head_dim = q.shape[-1]
@@ -55,7 +55,7 @@ def _check_static(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqle
     check_last_dim_contiguous(OP, q=q, k=k, v=v)
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise TypeError(
-            f"{OP}: cu_seqlens is {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}; expected a 1-D "
+            f"{OP}: cu_seqlens is {cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}; expected a 1-Dh "
             "int32 tensor (segments + 1,)"
         )
     # a SymInt under torch.compile (dynamic max_seqlen)
@@ -113,7 +113,7 @@ def _forward(
 def window_attention_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float
 ) -> tuple[Tensor, Tensor]:
-    """(out (N, H, D) in q's dtype, lse (H, N) fp32). cu_seqlens is trusted (no value checks here:
+    """(out (N, H, Dh) in q's dtype, lse (H, N) fp32). cu_seqlens is trusted (no value checks here:
     `window_attention` does them when asked) and max_seqlen must bound its longest segment."""
     return _forward(q, k, v, cu_seqlens, max_seqlen, scale)
 
@@ -195,11 +195,11 @@ def window_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(scale q k^T) v within each segment of `cu_seqlens` (non-causal), as one Triton launch.
 
-    q, k, v: (N, H, D), fp16/bf16/fp32, one shape and dtype, any strides with a contiguous last dimension
-    (e.g. slices of a fused qkv), D <= 256. cu_seqlens: (S + 1,) int32 on q's device, starting at 0,
+    q, k, v: (N, H, Dh), fp16/bf16/fp32, one shape and dtype, any strides with a contiguous last dimension
+    (e.g. slices of a fused qkv), Dh <= 256. cu_seqlens: (S + 1,) int32 on q's device, starting at 0,
     non-decreasing (zero-length segments allowed), ending at N. max_seqlen: the longest segment (or any
-    larger bound; it only sizes the grid); None computes it. scale defaults to D^-0.5.
-    Returns the output (N, H, D) in q's dtype, and with `return_lse` also the fp32 log-sum-exp (H, N) of
+    larger bound; it only sizes the grid); None computes it. scale defaults to Dh^-0.5.
+    Returns the output (N, H, Dh) in q's dtype, and with `return_lse` also the fp32 log-sum-exp (H, N) of
     the scaled scores (not differentiable). Differentiable in q, k, v.
 
     The checks of cu_seqlens' values (and computing max_seqlen) copy it to the host: one sync per call.

@@ -2,7 +2,7 @@
 The op around them (checks, torch.library registration, autograd) is `_window_attention.py`; the
 variants the launchers may run are listed in `_registry.py`.
 
-Tokens are packed (N, H, D); `cu_seqlens` (S + 1,) int32 cuts them into segments (Qwen2.5-VL's windows,
+Tokens are packed (N, H, Dh); `cu_seqlens` (S + 1,) int32 cuts them into segments (Qwen2.5-VL's windows,
 or per-frame segments) and every token attends to all tokens of its own segment:
     O_i = sum_j P_ij V_j,   P_i = softmax_j(scale * Q_i . K_j)        i, j in the same segment.
 
@@ -19,7 +19,7 @@ One kernel owns a key block and loops over the segment's query blocks (dK, dV); 
 block and loops over key blocks (dQ). No atomics, so results are deterministic.
 
 head_dim is covered by a power-of-two main chunk plus a power-of-two tail (both >= 16 for tl.dot):
-80 = 64 + 16 and 96 = 64 + 32 run on exactly D columns rather than on next_pow2(D) = 128 (62.5% useful).
+80 = 64 + 16 and 96 = 64 + 32 run on exactly Dh columns rather than on next_pow2(Dh) = 128 (62.5% useful).
 Every Q K^T is the sum of the chunks' products; every P V, dS K, ... is computed per chunk.
 
 Numerics: softmax statistics and accumulators are fp32. fp16/bf16 tiles go to tl.dot as they are
@@ -27,7 +27,7 @@ Numerics: softmax statistics and accumulators are fp32. fp16/bf16 tiles go to tl
 fp32 inputs use IEEE fp32 dots (never TF32). Under the Triton interpreter bf16 tiles are upcast to fp32
 first (the interpreter cannot do bf16 arithmetic), so CPU results are if anything more accurate.
 
-Shape legend: N packed tokens, H heads, D head_dim, S segments, L a segment's length.
+Shape legend: N packed tokens, H heads, Dh head dim, S segments, L a segment's length.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 @triton.jit
 def _load_tile(base, rows, row_ok, stride_row, COL0: tl.constexpr, COLS: tl.constexpr,
                HEAD_DIM: tl.constexpr, AS_FP32: tl.constexpr):  # fmt: skip
-    """Rows `rows` (masked by row_ok), columns [COL0, COL0 + COLS) of a (tokens, D) head slice."""
+    """Rows `rows` (masked by row_ok), columns [COL0, COL0 + COLS) of a (tokens, Dh) head slice."""
     cols = COL0 + tl.arange(0, COLS)
     ptrs = base + rows[:, None] * stride_row + cols[None, :]
     if COL0 + COLS <= HEAD_DIM:  # static: only a padded tail chunk needs a column mask
@@ -260,8 +260,8 @@ INTERPRETED = is_interpreted(fwd_kernel)
 
 
 def split_head_dim(head_dim: int) -> tuple[int, int]:
-    """(main, tail) column chunks covering head_dim: main = the largest power of two <= D (at least 16),
-    tail = the next power of two >= the rest (at least 16; 0 when D is a power of two).
+    """(main, tail) column chunks covering head_dim: main = the largest power of two <= Dh (at least 16),
+    tail = the next power of two >= the rest (at least 16; 0 when Dh is a power of two).
 
     80 -> (64, 16), 96 -> (64, 32), 128 -> (128, 0), 72 -> (64, 16) with 8 masked columns."""
     if head_dim <= 16:
@@ -293,7 +293,7 @@ def _strides(**tensors: Tensor) -> dict:
 
 def fwd_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
                max_seqlen: int, scale: float) -> Launch:  # fmt: skip
-    """Launch of `kernel` (fwd_kernel's parameters): out (N, H, D) and lse (H, N) fp32 from q, k, v."""
+    """Launch of `kernel` (fwd_kernel's parameters): out (N, H, Dh) and lse (H, N) fp32 from q, k, v."""
     n_tokens, heads, head_dim = q.shape
     # Windows (<= 64 tokens): one 64-row tile per window, so short windows waste little; long (per-frame)
     # segments: 128-row query tiles amortize each key tile over more queries. Wide heads need smaller
@@ -347,7 +347,7 @@ def bwd_dq_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse:
     return Launch(kernel, grid, args, num_warps=warps, num_stages=2, options=FMA)
 
 
-# (dtype, head_dim, max_seqlen): windows and per-frame segments, D 80 and the widest D, fp32's own tiles
+# (dtype, head_dim, max_seqlen): windows and per-frame segments, Dh 80 and the widest Dh, fp32's own tiles
 _AOT_SHAPES = (
     (torch.float16, 80, 64),
     (torch.bfloat16, 80, 5476),
@@ -357,7 +357,7 @@ _AOT_SHAPES = (
 
 
 def _aot_tensors(dtype: torch.dtype, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """A (tokens, heads, D) tensor, an (H, N) fp32 statistics tensor and a cu_seqlens, never filled."""
+    """A (tokens, heads, Dh) tensor, an (H, N) fp32 statistics tensor and a cu_seqlens, never filled."""
     return (
         torch.empty(8, 2, head_dim, dtype=dtype),
         torch.empty(2, 8),

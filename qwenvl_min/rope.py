@@ -1,17 +1,17 @@
 """Rotary position embedding: frequency tables and the torch rotate-half application.
 
 Both rotaries of the model are the same operation: every token carries a
-half-width angle vector a (D/2 values) and a head vector x (D values) is rotated pairwise,
-    x'[i]       = x[i] * cos a[i] - x[i + D/2] * sin a[i]
-    x'[i + D/2] = x[i + D/2] * cos a[i] + x[i] * sin a[i]        (i < D/2)
+half-width angle vector a (Dh/2 values) and a head vector x (Dh values) is rotated pairwise,
+    x'[i]       = x[i] * cos a[i] - x[i + Dh/2] * sin a[i]
+    x'[i + Dh/2] = x[i + Dh/2] * cos a[i] + x[i] * sin a[i]        (i < Dh/2)
 which is `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` ("rotate-half", NeoX convention).
 Only the angle table differs:
-  * vision 2D-RoPE: a = [row * f | col * f] with f_i = theta^(-2i/(D/2)), i < D/4 (theta 1e4);
-  * text M-RoPE:    a_j = p_axis(j) * f_j with f_j = theta^(-2j/D), j < D/2 (theta 1e6), where axis(j)
+  * vision 2D-RoPE: a = [row * f | col * f] with f_i = theta^(-2i/(Dh/2)), i < Dh/4 (theta 1e4);
+  * text M-RoPE:    a_j = p_axis(j) * f_j with f_j = theta^(-2j/Dh), j < Dh/2 (theta 1e6), where axis(j)
     is temporal / height / width by contiguous chunks of `mrope_section` (e.g. [16, 24, 24]) in the
     released models; other layouts are one function each in MROPE_LAYOUTS.
 
-Shape legend: N packed tokens, B batch, T sequence, H heads, D head_dim, R = D/2 (half width).
+Shape legend: N packed tokens, B batch, T sequence, H heads, Dh head dim, R = Dh/2 (half width); letters as in docs/design.md.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def rotate_half(x: Tensor) -> Tensor:
 def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     """Torch reference of `qwenvl_min.kernels.apply_rotary` (out of place).
 
-    q: (N, Hq, D) or (B, T, Hq, D); k the same with Hk heads; cos/sin: (N, R) or (B, T, R).
+    q: (N, Hq, Dh) or (B, T, Hq, Dh); k the same with Hk heads; cos/sin: (N, R) or (B, T, R).
     The math runs in the promoted dtype of q and the tables, then casts back to q's dtype. Passing fp32
     tables therefore gives fp32 math (what the vision tower does), passing tables already cast to the
     activation dtype gives activation-dtype math (what the text model does); both match transformers
@@ -54,7 +54,7 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
             f"rotary tables must be half width: q head_dim {q.shape[-1]}, cos {tuple(cos.shape)}, "
             f"sin {tuple(sin.shape)}"
         )
-    cos_full = torch.cat((cos, cos), dim=-1).unsqueeze(-2)  # (..., 1, D): broadcast over heads
+    cos_full = torch.cat((cos, cos), dim=-1).unsqueeze(-2)  # (..., 1, Dh): broadcast over heads
     sin_full = torch.cat((sin, sin), dim=-1).unsqueeze(-2)
     compute = torch.promote_types(q.dtype, cos.dtype)
 
@@ -68,10 +68,10 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
 def vision_rotary_table(
     grid_thw: Tensor, head_dim: int, theta: float, merge_size: int
 ) -> tuple[Tensor, Tensor]:
-    """cos/sin (N, D/2) fp32 for the vision tower, in pixel_values row order."""
-    inv_freq = inverse_frequencies(head_dim // 2, theta)  # (D/4,)
+    """cos/sin (N, Dh/2) fp32 for the vision tower, in pixel_values row order."""
+    inv_freq = inverse_frequencies(head_dim // 2, theta)  # (Dh/4,)
     coords = patch_coordinates(grid_thw, merge_size).to(torch.float32)  # (N, 2) row, col
-    angles = (coords[:, :, None] * inv_freq).flatten(1)  # (N, 2, D/4) -> (N, D/2) = [row*f | col*f]
+    angles = (coords[:, :, None] * inv_freq).flatten(1)  # (N, 2, Dh/4) -> (N, Dh/2) = [row*f | col*f]
     return angles.cos(), angles.sin()
 
 
@@ -100,7 +100,7 @@ MROPE_LAYOUTS: dict[str, MropeLayout] = {"sections": sectioned_axes, "interleave
 
 
 def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin (B, T, D/2) for M-RoPE from 3-D positions (3, B, T); angles in fp32, cast to `dtype`.
+    """cos/sin (B, T, Dh/2) for M-RoPE from 3-Dh positions (3, B, T); angles in fp32, cast to `dtype`.
 
     angle[b, t, j] = positions[axis(j), b, t] * inv_freq[j], where axis(j) comes from the config's
     `mrope_layout` (see MROPE_LAYOUTS)."""

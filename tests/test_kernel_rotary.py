@@ -103,18 +103,18 @@ def test_vision_rotary_matches_hf(dtype):
 
 
 def _mrope_case(dtype: torch.dtype):
-    """2B-like text shapes: 12 q heads, 2 kv heads, D 128, M-RoPE sections [16, 24, 24]."""
+    """2B-like text shapes: 12 q heads, 2 kv heads, Dh 128, M-RoPE sections [16, 24, 24]."""
     batch, seq = 2, 24
     positions = torch.randint(0, 30000, (3, batch, seq), device=DEVICE)
     cos, sin = rope.mrope_table(positions, rope_config(), dtype)  # (B, T, 64)
-    q_hf = torch.randn(batch, 12, seq, 128, device=DEVICE).to(dtype)  # transformers' (B, H, T, D) layout
+    q_hf = torch.randn(batch, 12, seq, 128, device=DEVICE).to(dtype)  # transformers' (B, H, T, Dh) layout
     k_hf = torch.randn(batch, 2, seq, 128, device=DEVICE).to(dtype)
     return q_hf, k_hf, cos, sin
 
 
 def test_mrope_matches_hf_fp32():
     q_hf, k_hf, cos, sin = _mrope_case(torch.float32)
-    # our (B, T, H, D) views of transformers' (B, H, T, D) tensors: heads are not the inner stride
+    # our (B, T, H, Dh) views of transformers' (B, H, T, Dh) tensors: heads are not the inner stride
     q_rot, k_rot = apply_rotary(q_hf.transpose(1, 2), k_hf.transpose(1, 2), cos, sin)
     q_ref, k_ref = hf.apply_rotary_pos_emb(q_hf, k_hf, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
     _assert_close(q_rot, q_ref.transpose(1, 2))
@@ -239,7 +239,7 @@ def _args(**over):
 @pytest.mark.parametrize(
     "over, error, match",
     [  # the bad arguments are built inside the test, on the test device
-        (lambda: dict(q=_randn(5, 8)), ValueError, r"expected \(N, H, D\) or \(B, T, H, D\)"),
+        (lambda: dict(q=_randn(5, 8)), ValueError, r"expected \(N, H, Dh\) or \(B, T, H, Dh\)"),
         (lambda: dict(k=_randn(6, 1, 8)), ValueError, "must agree in every dimension but heads"),
         (lambda: dict(q=_randn(5, 2, 7), k=_randn(5, 1, 7)), ValueError, "expected an even head_dim"),
         (lambda: dict(cos=_randn(5, 8)), ValueError, "expected the half-width table"),

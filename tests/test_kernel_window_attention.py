@@ -62,7 +62,7 @@ def _hf_per_window(q, k, v, lengths, scale):
         sdpa_attention_forward(module, qs, ks, vs, None, scaling=scale, is_causal=False)[0]
         for qs, ks, vs in zip(*splits)
     ]
-    return torch.cat(outs, dim=1)[0]  # (1, N, H, D) -> (N, H, D)
+    return torch.cat(outs, dim=1)[0]  # (1, N, H, Dh) -> (N, H, Dh)
 
 
 def _grads(fn, inputs, grad_out):
@@ -108,7 +108,7 @@ def test_gradients_match_autograd_fp32(lengths, heads, head_dim):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-# one of each: single token, smallest edge window, window -1 / exact / +1, multi-tile segment; 2 heads, D 80
+# one of each: single token, smallest edge window, window -1 / exact / +1, multi-tile segment; 2 heads, Dh 80
 MIXED = [1, 4, 63, 64, 65, 130]
 
 
@@ -190,7 +190,7 @@ def test_single_token_and_empty_segments():
 
 
 def test_strided_views_of_fused_qkv_and_max_seqlen_bound():
-    """q, k, v as views of one (N, 3, H, D) buffer (the vision tower's fused projection), gradients
+    """q, k, v as views of one (N, 3, H, Dh) buffer (the vision tower's fused projection), gradients
     flowing back into the buffer; a max_seqlen above the longest segment changes nothing."""
     lengths = [64, 20, 64]
     qkv = torch.randn(sum(lengths), 3, 4, 80, device=DEVICE, requires_grad=True)
@@ -247,12 +247,12 @@ def _int32(*values: int) -> torch.Tensor:
         (
             lambda: dict(q=_qkv(6, 2, 32)[0][:, 0]),
             ValueError,
-            r"expected three \(N, H, D\) tensors of one shape",
+            r"expected three \(N, H, Dh\) tensors of one shape",
         ),
         (lambda: dict(k=_qkv(6, 3, 16)[0]), ValueError, "tensors of one shape"),
         (lambda: dict(q=_qkv(6, 2, 32)[0][..., ::2]), ValueError, "contiguous last dimension"),
         (lambda: dict(q=_qkv(6, 2, 16)[0].half()), TypeError, "expected one dtype"),
-        (lambda: dict(cu_seqlens=_cu([2, 4]).long()), TypeError, "expected a 1-D int32 tensor"),
+        (lambda: dict(cu_seqlens=_cu([2, 4]).long()), TypeError, "expected a 1-Dh int32 tensor"),
         (lambda: dict(cu_seqlens=_int32(1, 2, 6)), ValueError, "starts at 1; expected 0"),
         (lambda: dict(cu_seqlens=_int32(0, 4, 2, 6)), ValueError, "decreases at index 1"),
         (lambda: dict(cu_seqlens=_int32(0, 2, 5)), ValueError, "ends at 5; expected the token count 6"),
