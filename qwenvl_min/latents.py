@@ -46,7 +46,8 @@ def _tap_tensors(name: str, value: object) -> dict[str, Tensor]:
             out[f"{name}.group{g}.probs"] = probs
             out[f"{name}.group{g}.token_index"] = index
         return out
-    assert isinstance(value, Tensor), f"tap {name} gave {type(value).__name__}"
+    if not isinstance(value, Tensor):  # every module of the tree returns a tensor; a swapped-in one might not
+        raise CliError(f"tap {name} gave a {type(value).__name__}, not a tensor; latents can only save tensors")
     return {name: value}
 
 
