@@ -3,7 +3,9 @@
     qwenvl-min demo [--out DIR] [--family qwen2.5-vl|qwen2-vl]     tiny seeded model, token flow, PNGs
     qwenvl-min inspect IMAGE|VIDEO [--min-pixels N --max-pixels N --out PNG]   token cost, no weights
     qwenvl-min run --model DIR --image F --prompt TEXT                streamed answer
+    torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
+    torchrun --nproc-per-node N -m qwenvl_min latents ...             the same, data parallel
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
@@ -40,6 +42,7 @@ from .config import Config
 from .demo import cmd_demo
 from .fs import write_atomic
 from .latents import cmd_latents
+from .parallel.launch import launched_distributed
 from .processor import (
     IMAGE_MAX_PIXELS,
     IMAGE_MIN_PIXELS,
@@ -115,7 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in [*args.image, *args.video]:
         if not Path(path).is_file():
             raise CliError(f"input file not found: {path}")
-    model = load_model(args.model, args.dtype, args.device, args.verify)
+    show = True  # only rank 0 of a tensor-parallel run prints the answer
+    if args.tp > 1 or launched_distributed():
+        from .parallel.entry import load_tp_model
+
+        model, context = load_tp_model(args.model, args.dtype, args.device, args.verify, args.tp)
+        show = context.is_main
+    else:
+        model = load_model(args.model, args.dtype, args.device, args.verify)
     config = model.config
     tokenizer_path = args.tokenizer or args.model
     try:
@@ -171,10 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         generated.append(token)
         # decode the whole answer each time: a character may span several tokens (byte-level BPE)
         text = tokenizer.decode(generated)
-        if not text.endswith("\ufffd"):
+        if show and not text.endswith("\ufffd"):
             print(text[len(shown) :], end="", flush=True)
             shown = text
-    print(tokenizer.decode(generated)[len(shown) :])
+    if show:
+        print(tokenizer.decode(generated)[len(shown) :])
     return 0
 
 
@@ -266,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=None)
     run.add_argument("--top-p", type=float, default=None)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel degree; > 1 under torchrun with that many processes (default 1)",
+    )
     _add_pixel_budget(run)
     run.set_defaults(func=cmd_run)
 

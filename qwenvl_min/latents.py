@@ -8,6 +8,10 @@
 - Exclusive: a lock file in OUT stops a second run writing into the same directory.
 - A bad input (unreadable, over the budget, a decompression bomb) is reported and skipped; a full disk
   or a read-only OUT stops the run with one error line. Exit status 1 if anything failed.
+- Data parallel: launched by torchrun (`torchrun --nproc-per-node N -m qwenvl_min latents ...`), each
+  rank loads the model on its device and takes every N-th input (`parallel.entry.share`); rank 0 holds
+  the lock and prints one summary for all ranks. Outputs are those of a one-process run; a failed input
+  on one rank does not stop the others, and a fatal error on one rank stops all of them at the end.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .cli_support import CliError, is_video, load_model, preprocess, vision_prompt
 from .faults import pause_point
 from .fs import ExclusiveLock, LockedError, write_atomic
+from .parallel.entry import all_gather_objects, share
+from .parallel.launch import init_distributed, launched_distributed
 from .taps import SegmentMaps, TapError, Taps
 from .weights_convert.safetensors_io import (
     DTYPE_NAMES,
@@ -47,7 +54,9 @@ def _tap_tensors(name: str, value: object) -> dict[str, Tensor]:
             out[f"{name}.group{g}.token_index"] = index
         return out
     if not isinstance(value, Tensor):  # every module of the tree returns a tensor; a swapped-in one might not
-        raise CliError(f"tap {name} gave a {type(value).__name__}, not a tensor; latents can only save tensors")
+        raise CliError(
+            f"tap {name} gave a {type(value).__name__}, not a tensor; latents can only save tensors"
+        )
     return {name: value}
 
 
@@ -114,36 +123,85 @@ def cmd_latents(args: argparse.Namespace) -> int:
         raise CliError(
             f"several inputs share the output name(s) {clash}; outputs are named after the input stem"
         )
-    model = load_model(args.model, args.dtype, args.device, args.verify)
+    context = None
+    device = args.device
+    if launched_distributed():  # data parallel: each rank a whole model, its share of the inputs
+        context = init_distributed(args.device)
+        device = str(context.device)
+    model = load_model(args.model, args.dtype, device, args.verify)
     try:
         Taps(model, read=names)  # check the names before any work
     except TapError as err:
         raise CliError(err.args[0]) from err
     out = Path(args.out)
+    lock, problem = None, None
+    if context is None or context.is_main:
+        lock, problem = _lock(out)
+    if context is not None:  # every rank stops if rank 0 could not take the lock
+        problem = all_gather_objects(problem if context.is_main else None)[0]
+    if problem:
+        raise CliError(problem)
+    try:
+        if context is None:
+            return _summarize(out, [_run(args, model, names, inputs, out)])
+        dist.barrier()  # rank 0 has cleaned stale temporary files before anyone writes
+        try:
+            result = _run(args, model, names, share(inputs, context), out, progress=context.is_main)
+        except CliError as err:  # stop together at the end instead of leaving the others waiting
+            result = (0, 0, [], str(err))
+        results = all_gather_objects(result)
+        return _summarize(out, results) if context.is_main else _status(results)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(out: Path) -> tuple[ExclusiveLock | None, str | None]:
+    """Take OUT's lock and remove stale temporary files; (lock, None) or (None, why not)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = ExclusiveLock(out / LOCK_NAME)
         lock.acquire()
     except LockedError as err:
-        raise CliError(
+        return None, (
             f"another `latents` run is writing into {out} ({err.strerror}); wait for it or choose another --out"
-        ) from None
+        )
     except OSError as err:
-        raise CliError(f"cannot write into {out}: {err.strerror or err}; choose another --out") from None
-    try:
-        _clean_stale(out)
-        return _run(args, model, names, inputs, out)
-    finally:
-        lock.release()
+        return None, f"cannot write into {out}: {err.strerror or err}; choose another --out"
+    _clean_stale(out)
+    return lock, None
 
 
-def _run(args: argparse.Namespace, model, names: list[str], inputs: list[Path], out: Path) -> int:
+Result = tuple[int, int, list[tuple[Path, str]], str | None]  # written, skipped, failed, fatal error
+
+
+def _status(results: list[Result]) -> int:
+    fatal = [r[3] for r in results if r[3]]
+    if fatal:
+        raise CliError(fatal[0])
+    return 1 if any(r[2] for r in results) else 0
+
+
+def _summarize(out: Path, results: list[Result]) -> int:
+    """One summary line for all ranks, then every failure; raises the first fatal error."""
+    written, skipped = sum(r[0] for r in results), sum(r[1] for r in results)
+    failed = [f for r in results for f in r[2]]
+    ranks = f" on {len(results)} ranks" if len(results) > 1 else ""
+    print(f"latents: {written} written, {skipped} skipped (already in {out}), {len(failed)} failed{ranks}")
+    for path, why in failed:
+        print(f"  failed {path}: {why}")
+    return _status(results)
+
+
+def _run(
+    args: argparse.Namespace, model, names: list[str], inputs: list[Path], out: Path, progress: bool = True
+) -> Result:
     from tqdm import tqdm
 
     settings = _settings(args, names)
     device = model.text.embed_tokens.weight.device
     written, skipped, failed = 0, 0, []
-    bar = tqdm(inputs, unit="input", disable=args.no_progress, file=sys.stderr)
+    bar = tqdm(inputs, unit="input", disable=args.no_progress or not progress, file=sys.stderr)
     for path in bar:
         target = out / f"{path.stem}.safetensors"
         if target.exists() or target.is_symlink():
@@ -196,7 +254,4 @@ def _run(args: argparse.Namespace, model, names: list[str], inputs: list[Path], 
             continue
         written += 1
     bar.close()
-    print(f"latents: {written} written, {skipped} skipped (already in {out}), {len(failed)} failed")
-    for path, why in failed:
-        print(f"  failed {path}: {why}")
-    return 1 if failed else 0
+    return written, skipped, failed, None

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
 from .config import Config
 from .positions import get_rope_index
 from .taps import Replacement, Taps, tap_names
-from .text import KVCache, TextAttention, TextModel
+from .text import KVCache, TextAttention, TextModel, tied_logits
 from .vision import VisionAttention, VisionTower, check_vision_inputs, vision_layout
 
 
@@ -124,7 +123,9 @@ class QwenVL(nn.Module):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = (
-            F.linear(hidden, self.text.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+            tied_logits(hidden, self.text.embed_tokens.weight)
+            if self.lm_head is None
+            else self.lm_head(hidden)
         )
         return ForwardOutput(logits, positions, deltas, cache)
 

@@ -7,6 +7,7 @@ G kv heads (H a multiple of G), Dh head dim (128 in released models), R = Dh/2.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
@@ -14,6 +15,23 @@ from .attention import TextAttend, causal_attention
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU
 from .rope import mrope_table
+
+
+def tied_logits(hidden: Tensor, embedding: Tensor) -> Tensor:
+    """hidden (..., E) @ embedding (V, E)^T: the lm_head of a model whose head is tied to the embeddings.
+
+    Under tensor parallelism the embedding is a vocab-sharded DTensor (`qwenvl_min.parallel.plan`): the
+    local rows give this rank's slice of the logits and the slices are gathered, so every rank returns the
+    full (..., V) logits, as the untied (column-parallel) lm_head does.
+    """
+    if not torch.distributed.is_available():  # builds without distributed support have no DTensor
+        return F.linear(hidden, embedding)
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(embedding, DTensor):
+        return F.linear(hidden, embedding)
+    logits = F.linear(DTensor.from_local(hidden, embedding.device_mesh, [Replicate()]), embedding)
+    return logits.redistribute(placements=[Replicate()]).to_local()
 
 
 class KVCache:
@@ -85,6 +103,8 @@ class TextAttention(nn.Module):
 
     def __init__(self, config: TextConfig, layer_index: int, kernels: str = "auto") -> None:
         super().__init__()
+        # the config's head counts; under tensor parallelism the projections hold only this rank's heads,
+        # so forward takes the counts from the projection widths (view(..., -1, head_dim))
         self.num_heads, self.num_kv_heads, self.head_dim = (
             config.num_heads,
             config.num_kv_heads,
@@ -106,9 +126,9 @@ class TextAttention(nn.Module):
         self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None
     ) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # (B, T, H, Dh)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # (B, T, G, Dh)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x).view(b, t, -1, self.head_dim)  # (B, T, H, Dh)
+        k = self.k_proj(x).view(b, t, -1, self.head_dim)  # (B, T, G, Dh)
+        v = self.v_proj(x).view(b, t, -1, self.head_dim)
         q, k = self.rotary(q, k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, G, Dh)

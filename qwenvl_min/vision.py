@@ -107,6 +107,8 @@ class VisionAttention(nn.Module):
 
     def __init__(self, config: VisionConfig, full_attention: bool, kernels: str = "auto") -> None:
         super().__init__()
+        # num_heads is the config's (all heads); under tensor parallelism qkv/proj hold only this rank's
+        # heads, so forward takes the head count from the projection's width, never from num_heads
         self.num_heads, self.head_dim = config.num_heads, config.head_dim
         self.full_attention = full_attention  # per-frame segments instead of windows (always for Qwen2-VL)
         self.qkv = nn.Linear(config.width, 3 * config.width)
@@ -120,7 +122,8 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: Tensor, layout: VisionLayout) -> Tensor:
         n = x.shape[0]
-        q, k, v = self.qkv(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)  # 3 x (N, H, Dh)
+        # qkv rows are [q | k | v], each head-major; -1 = the heads this module holds (local under TP)
+        q, k, v = self.qkv(x).view(n, 3, -1, self.head_dim).unbind(1)  # 3 x (N, H, Dh)
         q, k = self.rotary(q, k, layout.cos, layout.sin)
         segments = layout.frames if self.full_attention or layout.windows is None else layout.windows
         out = self.attend(q, k, v, segments, self.head_dim**-0.5)  # (N, H, Dh)
