@@ -5,10 +5,10 @@ Every attention module holds its function as the attribute `attend` (see `vision
 module's parameters and state-dict keys stay as they are. Two contracts:
 
 vision  attend(q, k, v, segments, scale) -> out
-        q, k, v, out (N, H, Dh) in pixel_values row order; `segments` (`segments.Segments`) says which
-        rows attend to each other (non-causal, softmax(q k^T * scale) v within each segment). How the
-        rows are brought into segment order is the function's business: the torch path gathers each
-        length group, the Triton kernel permutes by `segments.order`.
+        q, k, v, out (N, H, Dh) in the packed order of `segments` (`segments.Segments`): every segment
+        is a contiguous run given by `segments.cu_seqlens` (the varlen convention), non-causal,
+        softmax(q k^T * scale) v within each segment. The attention module gathers rows into packed
+        order before and scatters back after; `segments.rows(positions)` names the pixel_values rows.
 text    attend(q, k, v, mask, scale) -> out
         q (B, H, T, Dh), k and v (B, G, K, Dh) with H a multiple of G (query head i uses kv head
         i // (H / G)), out (B, H, T, Dh). `mask` is a boolean (B, 1, T, K) "query may see key", or None
@@ -38,7 +38,7 @@ TextAttend = Callable[[Tensor, Tensor, Tensor, "Tensor | None", float], Tensor]
 
 # ---- vision: segments ---------------------------------------------------------------------------------------
 def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
-    """(N, H, D) -> (S_g, H, L, D) for one length group (a view when the group is one run of rows)."""
+    """(N, H, D) -> (S_g, H, L, D) for one length group (a view when its segments are back to back)."""
     if group.first is not None:
         x = x[group.first : group.first + group.count * group.length].view(
             group.count, group.length, *x.shape[1:]
@@ -49,7 +49,7 @@ def _gather_group(x: Tensor, group: LengthGroup) -> Tensor:
 
 
 def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
-    """Write (S_g, H, L, D) results of one group into their rows of the (N, H, D) output."""
+    """Write (S_g, H, L, D) results of one group into their positions of the (N, H, D) output."""
     values = values.transpose(1, 2)  # (S_g, L, H, D)
     if group.first is not None:
         rows = out[group.first : group.first + group.count * group.length]
@@ -59,7 +59,7 @@ def _scatter_group(out: Tensor, values: Tensor, group: LengthGroup) -> None:
 
 
 def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
-    """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D), rows in row order."""
+    """softmax(q k^T * scale) v within each segment; q, k, v (N, H, D) -> (N, H, D), packed order."""
     groups = segments.groups
     if len(groups) == 1 and groups[0].first == 0 and groups[0].count == 1:
         # one segment covering everything (a single image in a full-attention block): no gather. SDPA gets
@@ -105,7 +105,7 @@ def segment_attention_maps(q: Tensor, k: Tensor, segments: Segments, scale: floa
         qg, kg = _gather_group(q, group), _gather_group(k, group)
         scores = torch.matmul(qg.float(), kg.float().transpose(-1, -2)) * scale  # (S_g, H, L, L)
         probs.append(scores.softmax(dim=-1))
-    return SegmentMaps(probs, [group.index for group in segments.groups])
+    return SegmentMaps(probs, [segments.rows(group.index) for group in segments.groups])
 
 
 def segment_attention_from_maps(v: Tensor, segments: Segments, maps: SegmentMaps) -> Tensor:

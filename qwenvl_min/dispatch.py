@@ -64,16 +64,13 @@ def _kernel_wanted(choice: str, x: Tensor) -> bool:
 
 
 def segment_attention_triton(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
-    """The varlen Triton kernel under the vision attend contract: rows into packed order, attend, back."""
+    """The varlen Triton kernel under the vision attend contract (q, k, v packed by segments)."""
     from .kernels import window_attention
 
-    if segments.order is not None:
-        q, k, v = (x.index_select(0, segments.order) for x in (q, k, v))  # (N, H, Dh) packed
     # Segments builds a valid cu_seqlens on the host, so skip the launcher's checks (a device sync each)
-    out = window_attention(
+    return window_attention(
         q, k, v, segments.cu_seqlens, max_seqlen=segments.max_len, scale=scale, validate=False
     )
-    return out if segments.inverse is None else out.index_select(0, segments.inverse)
 
 
 def rotary_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:

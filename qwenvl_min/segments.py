@@ -5,14 +5,15 @@ Vision attention is block diagonal. Qwen2-VL attends within each temporal patch 
 blocks and otherwise within windows of merged tokens (`geometry.window_layout`), which are *not*
 contiguous in row order.
 
-A `Segments` value describes one such partition in two forms, so that every attention implementation
-can take the one it needs without the caller knowing about windows:
-  * packed: `order` (N,) lists the rows so that every segment is one contiguous run, and `cu_seqlens`
-    gives the run boundaries (what a varlen kernel wants: gather rows by `order`, attend, scatter back
-    with `inverse`); `order` is None when row order already is packed order (frames);
-  * grouped: segments of equal length form a `LengthGroup` whose `index` (S_g, L) lists the rows of each
-    segment, which is what the torch path batches over: one SDPA call per distinct length (a handful:
-    full windows, right/bottom edges, corner) instead of one per window, and no dense N x N mask.
+A `Segments` value describes one such partition in *packed order*, the order in which every segment is
+one contiguous run of positions: `order` (N,) lists the pixel_values row at each packed position (None
+when packed order already is row order, as for frames) and `inverse` maps back. The attention module
+gathers its q, k, v into packed order, calls its attention function, and scatters the output back, so
+everything outside the attention sees row order. In packed order the segments are given twice:
+  * `cu_seqlens`, the run boundaries, which is what a varlen kernel takes;
+  * groups of equal-length segments (`LengthGroup`, with the packed positions of each segment), which is
+    what the torch path batches over: one SDPA call per distinct length (a handful: full windows,
+    right/bottom edges, corner) instead of one per window, and no dense N x N mask.
 Everything here is built once per forward, on the host, before the blocks run: the attention itself
 never reads a device value back (no host syncs inside the blocks).
 
@@ -30,8 +31,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class LengthGroup:
     length: int  # rows per segment in this group (L)
-    index: Tensor  # (S_g, L) int64: the pixel_values row of every token of every segment
-    first: int | None  # when the group's segments tile rows [first, first + S_g * L) back to back: first
+    index: Tensor  # (S_g, L) int64: the packed position of every token of every segment
+    first: int | None  # when the group's segments tile positions [first, first + S_g * L) back to back
 
     @property
     def count(self) -> int:
@@ -54,6 +55,10 @@ class Segments:
     def num_tokens(self) -> int:
         return sum(self.lengths)
 
+    def rows(self, positions: Tensor) -> Tensor:
+        """The pixel_values rows at packed `positions` (any shape)."""
+        return positions if self.order is None else self.order[positions]
+
     @staticmethod
     def from_lengths(
         lengths: list[int], device: torch.device | str = "cpu", order: Tensor | None = None
@@ -73,12 +78,9 @@ class Segments:
             by_length.setdefault(n, []).append(start)
         groups = []
         for n, group_starts in sorted(by_length.items(), reverse=True):
-            packed = torch.tensor(group_starts, dtype=torch.int64)[:, None] + torch.arange(n)  # (S_g, L)
-            index = packed if order is None else order[packed]
-            flat = index.reshape(-1)
-            run = torch.arange(int(flat[0]), int(flat[0]) + flat.numel())
-            first = int(flat[0]) if torch.equal(flat, run) else None  # one run of rows: views, no gather
-            groups.append(LengthGroup(n, index.to(device), first))
+            index = torch.tensor(group_starts, dtype=torch.int64)[:, None] + torch.arange(n)  # (S_g, L)
+            back_to_back = all(b - a == n for a, b in zip(group_starts, group_starts[1:]))
+            groups.append(LengthGroup(n, index.to(device), group_starts[0] if back_to_back else None))
         inverse = None
         if order is not None:
             inverse = torch.empty_like(order)

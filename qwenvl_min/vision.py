@@ -5,8 +5,9 @@ M = N/4 merged tokens, E merger output width (= LLM width).
 
 Every module here takes and returns rows in pixel_values row order (`qwenvl_min.geometry`), so a
 forward hook anywhere in the tower sees that order. Qwen2.5-VL's windows are not contiguous in that
-order; only the attention function knows (`segments.Segments`): the torch path gathers each group of
-equal-length windows, the kernel permutes rows into window order and back.
+order; the window attention gathers its fused q, k, v into window order right after the qkv projection
+and scatters the result back right before proj (two row gathers per window block; the frames of the
+full-attention blocks are contiguous in row order and need none).
 
 Everything that depends on the grids (rotary tables, segments, window order) is computed once per
 forward by `vision_layout`, before the blocks, so the blocks never read a device value back.
@@ -33,10 +34,18 @@ from .validate import check_finite
 class VisionLayout:
     """Everything about one batch of images/videos that the blocks need, computed once per forward."""
 
-    cos: Tensor  # (N, R) fp32, row order
+    cos: Tensor  # (N, R) fp32, row order (= the frames' packed order)
     sin: Tensor
     frames: Segments  # per-temporal-patch segments (full attention)
     windows: Segments | None  # Qwen2.5-VL windows; None for Qwen2-VL
+    window_cos: Tensor | None  # (N, R) fp32 in the windows' packed order
+    window_sin: Tensor | None
+
+    def for_block(self, full_attention: bool) -> tuple[Segments, Tensor, Tensor]:
+        """The segments and rotary tables (in those segments' packed order) of one attention module."""
+        if full_attention or self.windows is None:
+            return self.frames, self.cos, self.sin
+        return self.windows, self.window_cos, self.window_sin
 
 
 def check_vision_inputs(config: VisionConfig, pixel_values: Tensor, grid_thw: Tensor, what: str) -> None:
@@ -91,11 +100,13 @@ def vision_layout(config: VisionConfig, grid_thw: Tensor, device: torch.device) 
     grid_thw = grid_thw.cpu()
     cos, sin = vision_rotary_table(grid_thw, config.head_dim, config.rope_theta, config.merge_size)
     frames = Segments.from_lengths(frame_lengths(grid_thw), device)
-    windows = None
-    if config.family == "qwen2_5_vl":
-        order, sizes = window_row_order(grid_thw, config.window_merged, config.merge_size)
-        windows = Segments.from_lengths(sizes, device, order=order)
-    return VisionLayout(cos.to(device), sin.to(device), frames, windows)
+    if config.family != "qwen2_5_vl":
+        return VisionLayout(cos.to(device), sin.to(device), frames, None, None, None)
+    order, sizes = window_row_order(grid_thw, config.window_merged, config.merge_size)
+    windows = Segments.from_lengths(sizes, device, order=order)
+    return VisionLayout(
+        cos.to(device), sin.to(device), frames, windows, cos[order].to(device), sin[order].to(device)
+    )
 
 
 class VisionAttention(nn.Module):
@@ -122,11 +133,15 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: Tensor, layout: VisionLayout) -> Tensor:
         n = x.shape[0]
-        # qkv rows are [q | k | v], each head-major; -1 = the heads this module holds (local under TP)
-        q, k, v = self.qkv(x).view(n, 3, -1, self.head_dim).unbind(1)  # 3 x (N, H, Dh)
-        q, k = self.rotary(q, k, layout.cos, layout.sin)
-        segments = layout.frames if self.full_attention or layout.windows is None else layout.windows
-        out = self.attend(q, k, v, segments, self.head_dim**-0.5)  # (N, H, Dh)
+        segments, cos, sin = layout.for_block(self.full_attention)
+        qkv = self.qkv(x).view(n, 3, -1, self.head_dim)  # (N, 3D) -> (N, 3, H, Dh), row order
+        if segments.order is not None:
+            qkv = qkv.index_select(0, segments.order)  # rows into packed (window) order: one gather
+        q, k, v = qkv.unbind(1)  # 3 x (N, H, Dh)
+        q, k = self.rotary(q, k, cos, sin)
+        out = self.attend(q, k, v, segments, self.head_dim**-0.5)  # (N, H, Dh), packed order
+        if segments.inverse is not None:
+            out = out.index_select(0, segments.inverse)  # back to row order
         return self.proj(out.reshape(n, -1))  # (N, H, Dh) -> (N, D)
 
 
