@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
+from .checkpoint_settings import GenerationSettings
 from .config import Config
 from .hf_inputs import causal_lm_loss, check_mm_token_type_ids, seconds_for_positions
 from .positions import get_rope_index
@@ -49,6 +51,10 @@ class QwenVL(nn.Module):
         self.lm_head = (
             None if tied else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         )
+        # set by `from_pretrained`: the checkpoint directory, and its generation_config.json as the
+        # defaults of `qwenvl_min.generate`
+        self.checkpoint_dir: Path | None = None
+        self.generation_settings = GenerationSettings()
 
     def set_kernels(self, kernels: str | None) -> None:
         """Switch every attention module to the defaults of another kernel choice (this replaces any

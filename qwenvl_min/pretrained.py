@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoint_settings import generation_settings
 from .config import Config, ConfigError
 from .model import QwenVL
 from .validate import resolve_device
@@ -49,12 +50,16 @@ def from_pretrained(
     *,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
+    verify: bool = False,
 ) -> QwenVL:
-    """A QwenVL in eval mode; `model.checkpoint_dir` is the resolved directory (its processor, generation
-    and chat-template files are the defaults of `qwenvl_min.checkpoint_settings`).
+    """A QwenVL in eval mode; `model.checkpoint_dir` is the resolved directory and
+    `model.generation_settings` its generation_config.json (the defaults of `qwenvl_min.generate`); its
+    processor files and chat template are read by `qwenvl_min.Processor.from_pretrained`.
 
     dtype: "auto" (the dtype config.json names, else as stored), a torch floating dtype, or one of
     "float32", "bfloat16", "float16". device: where the weights end up ("cpu", "cuda", "cuda:1").
+    verify: check the sha256 of every shard of a converted checkpoint against its manifest (HF
+    checkpoints have no manifest: asking for it there is an error).
     """
     directory, _ = resolve_source(path_or_hub_id)
     config_json = read_json(directory / CONFIG_FILE, "the model config")
@@ -62,10 +67,16 @@ def from_pretrained(
         from .load import load
 
         requested = _requested_dtype(dtype, None, directory)
-        model = load(directory, dtype=requested, device=device)
+        model = load(directory, dtype=requested, device=device, verify=verify)
     else:
+        if verify:
+            raise CheckpointError(
+                f"{directory} is a Hugging Face checkpoint: it has no manifest to verify (verify / --verify "
+                "checks the checksums our converter records); drop verify"
+            )
         model = _from_hf_directory(directory, config_json, dtype, device)
     model.checkpoint_dir = directory
+    model.generation_settings = generation_settings(directory)
     return model
 
 
