@@ -112,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.image and not args.video and not args.prompt:
         raise CliError("nothing to answer: give --prompt and optionally --image / --video")
-    explicit = 0.0 if args.temperature is None else args.temperature  # None: the checkpoint's default
-    check_sampling(args.max_new_tokens, explicit, args.top_k, args.top_p, args.seed)
+    # the ranges now, before loading; None (the checkpoint's default) is checked by generate with the rest
+    sampling = 1.0 if args.temperature is None else args.temperature
+    check_sampling(args.max_new_tokens, sampling, args.top_k, args.top_p, args.seed)
     for path in [*args.image, *args.video]:
         if not Path(path).is_file():
             raise CliError(f"input file not found: {path}")

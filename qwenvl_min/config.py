@@ -402,6 +402,16 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
             f"rope type {kind!r} is not supported: qwenvl-min implements the plain M-RoPE of the released "
             "checkpoints (rope_type 'default' / 'mrope'), not scaled variants"
         )
+    layer_types = src.get("layer_types") or []
+    if src.get("sliding_window") and "sliding_attention" in layer_types:
+        raise ConfigError(
+            "layer_types with 'sliding_attention' (and a sliding_window) are not supported: qwenvl-min "
+            "implements full causal attention in every layer, as the released checkpoints use"
+        )
+    if rope.get("mrope_interleaved") or scaling.get("mrope_interleaved"):
+        raise ConfigError(
+            "mrope_interleaved is not supported: Qwen2-VL / Qwen2.5-VL use contiguous mrope sections"
+        )
     if src.get("attention_dropout", 0.0) not in (0, 0.0, None):
         raise ConfigError(
             f"text attention_dropout {src['attention_dropout']!r} is not supported: qwenvl-min has no dropout "

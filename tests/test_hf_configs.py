@@ -101,6 +101,13 @@ def _dict(family: str) -> dict:
         (lambda d: d["text_config"].update(hidden_act="gelu"), "text hidden_act 'gelu'"),
         (lambda d: d["vision_config"].update(hidden_act="gelu"), "vision hidden_act 'gelu'"),
         (lambda d: d["text_config"].update(head_dim=16), "head_dim 16"),
+        (
+            lambda d: d["text_config"].update(
+                sliding_window=8, layer_types=["full_attention", "sliding_attention"]
+            ),
+            "layer_types with 'sliding_attention'",
+        ),
+        (lambda d: d["text_config"]["rope_parameters"].update(mrope_interleaved=True), "mrope_interleaved"),
     ],
 )
 def test_refusals_say_why(edit, message):
