@@ -242,3 +242,33 @@ def test_generation_config_is_the_default(user_dirs):
     assert torch.equal(
         plain[:, : greedy.shape[1] - batch["input_ids"].shape[1]], greedy[:, batch["input_ids"].shape[1] :]
     )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_our_prompt_and_processor_functions_feed_the_model_whole(user_dirs, family):
+    """encode_chat + preprocess_image + preprocess_video (which always emits second_per_grid_ts): the
+    merged dicts are model arguments as they are, on both families; logits equal HF's."""
+    from qwenvl_min.processor import preprocess_image, preprocess_video
+    from qwenvl_min.prompts import encode_chat, load_tokenizer
+
+    directory, hf_model = user_dirs[family]
+    pixels = preprocess_image([_image(56, 84)])
+    clip = preprocess_video(VIDEO, fps=FPS)
+    assert "second_per_grid_ts" in clip
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Hi"}]}
+    ]
+    tokens = encode_chat(
+        load_tokenizer(directory),
+        messages,
+        image_grid_thw=pixels["image_grid_thw"],
+        video_grid_thw=clip["video_grid_thw"],
+    )
+    batch = {**tokens, **pixels, **clip}
+    model = QwenVL.from_pretrained(directory, dtype=torch.float32)
+    hf_batch = (
+        batch if family == "qwen2_5_vl" else {k: v for k, v in batch.items() if k != "second_per_grid_ts"}
+    )
+    with torch.no_grad():
+        got, want = model(**batch).logits, hf_model(**hf_batch).logits
+    assert (got - want).abs().max() <= 1e-5 * max(1.0, want.abs().max().item())  # fp32 rounding only
