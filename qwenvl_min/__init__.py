@@ -1,5 +1,6 @@
 """qwenvl-min: a small, readable PyTorch + Triton reimplementation of Qwen2-VL and Qwen2.5-VL."""
 
+from .checkpoint_processor import Processor
 from .config import Config, ConfigError, TextConfig, VisionConfig
 from .load import load
 from .model import ForwardOutput, QwenVL
@@ -12,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ForwardOutput",
     "KVCache",
+    "Processor",
     "QwenVL",
     "SegmentMaps",
     "Taps",

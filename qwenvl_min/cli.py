@@ -2,7 +2,7 @@
 
     qwenvl-min demo [--out DIR] [--family qwen2.5-vl|qwen2-vl]     tiny seeded model, token flow, PNGs
     qwenvl-min inspect IMAGE|VIDEO [--min-pixels N --max-pixels N --out PNG]   token cost, no weights
-    qwenvl-min run --model DIR --image F --prompt TEXT                streamed answer
+    qwenvl-min run --model DIR|HUB_ID --image F --prompt TEXT         streamed answer
     torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
     torchrun --nproc-per-node N -m qwenvl_min latents ...             the same, data parallel
@@ -109,12 +109,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .checkpoint_processor import Processor
     from .generate import stream
-    from .prompts import encode_chat, load_tokenizer
+    from .prompts import encode, load_tokenizer
 
     if not args.image and not args.video and not args.prompt:
         raise CliError("nothing to answer: give --prompt and optionally --image / --video")
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    # the ranges now, before loading; None (the checkpoint's default) is checked by generate with the rest
+    sampling = 1.0 if args.temperature is None else args.temperature
+    check_sampling(args.max_new_tokens, sampling, args.top_k, args.top_p, args.seed)
     for path in [*args.image, *args.video]:
         if not Path(path).is_file():
             raise CliError(f"input file not found: {path}")
@@ -127,38 +130,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         model = load_model(args.model, args.dtype, args.device, args.verify)
     config = model.config
-    tokenizer_path = args.tokenizer or args.model
-    try:
-        tokenizer = load_tokenizer(tokenizer_path)
+    directory = model.checkpoint_dir
+    try:  # the checkpoint's tokenizer, processor settings and chat template
+        processor = Processor.from_pretrained(directory)
+        if args.tokenizer:
+            processor.tokenizer = load_tokenizer(args.tokenizer)
     except FileNotFoundError as err:
         raise CliError(
-            f"{err}. The converter copies tokenizer.json from the Hugging Face checkpoint when it has one; "
-            "copy it into the model directory or pass --tokenizer PATH"
+            f"{err}. HF checkpoints ship tokenizer.json and the converter copies it; copy it into the model "
+            "directory or pass --tokenizer PATH"
         ) from err
-    images = [image_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.image]
-    videos = [video_inputs(p, args.min_pixels, args.max_pixels, args.max_vision_tokens) for p in args.video]
+    budget = (args.min_pixels, args.max_pixels, args.max_vision_tokens)
+    images = [image_inputs(p, *budget, processor.image) for p in args.image]
+    videos = [video_inputs(p, *budget, processor.video) for p in args.video]
     vision: dict[str, Tensor] = {}
     if images:
         vision |= concat_outputs(images)
     if videos:
-        vision |= concat_outputs(videos)
-        if config.model_type == "qwen2_vl":
-            vision.pop("second_per_grid_ts")  # Qwen2-VL steps one position per temporal patch
+        vision |= concat_outputs(videos)  # Qwen2-VL checks second_per_grid_ts and does not use it
     content: list[dict[str, Any]] = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
     content.append({"type": "text", "text": args.prompt or ""})
-    encoded = encode_chat(
+    text = processor.apply_chat_template([{"role": "user", "content": content}])
+    tokenizer = processor.tokenizer
+    encoded = encode(
         tokenizer,
-        [{"role": "user", "content": content}],
+        text,
         image_grid_thw=vision.get("image_grid_thw"),
         video_grid_thw=vision.get("video_grid_thw"),
         merge_size=config.vision.merge_size,
         max_length=config.text.max_position_embeddings,
     )
-    stops = [
-        i
-        for i in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
-        if i is not None
-    ]
+    stops = model.generation_settings.stop_token_ids  # the checkpoint's eos ids when it says
+    if stops is None:
+        stops = [
+            i
+            for i in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
+            if i is not None
+        ]
     device = model.text.embed_tokens.weight.device
     vision = {k: t.to(device) for k, t in vision.items()}
     generated: list[int] = []
@@ -173,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        stop_token_ids=stops or None,
+        stop_token_ids=list(stops) or None,
     ):
         token = int(step[0])
         if token in stops:
@@ -226,10 +234,15 @@ def _add_pixel_budget(parser: argparse.ArgumentParser) -> None:
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="a converted checkpoint directory (see `qwenvl-min convert`)"
+        "--model",
+        required=True,
+        help="a Hugging Face checkpoint directory or Hub id, or a converted checkpoint (`qwenvl-min convert`)",
     )
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="cast the weights (default: as stored)"
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="cast the weights (default: the dtype config.json names, else as stored)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(
@@ -273,9 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", default=None, help="tokenizer.json or a directory with it (default: --model)"
     )
     run.add_argument("--max-new-tokens", type=int, default=256)
-    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    run.add_argument("--top-k", type=int, default=None)
-    run.add_argument("--top-p", type=float, default=None)
+    run.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="0 = greedy (default: the checkpoint's generation_config.json, else greedy)",
+    )
+    run.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's, else none")
+    run.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's, else none")
     run.add_argument("--seed", type=int, default=None)
     run.add_argument(
         "--tp",

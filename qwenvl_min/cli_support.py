@@ -1,8 +1,9 @@
 """What the `qwenvl-min` subcommands share: input files to model inputs, the token-free vision prompt,
-window summaries, loading a converted checkpoint, and the error type the CLI prints as one line."""
+window summaries, loading a checkpoint (HF or converted), and the error type the CLI prints as one line."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .budget import DEFAULT_MAX_VISION_TOKENS
+from .checkpoint_settings import VisionSettings, image_settings, video_settings
 from .config import Config
 from .geometry import window_layout
 from .model import QwenVL
@@ -23,6 +25,7 @@ from .processor import (
     preprocess_video,
 )
 from .validate import guard_finite_hidden_states
+from .weights_convert.safetensors_io import header_sha256
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,12 +46,18 @@ def image_inputs(
     min_pixels: int | None,
     max_pixels: int | None,
     max_tokens: int | None = None,
+    settings: VisionSettings | None = None,
 ) -> dict[str, Tensor]:
-    """An image file -> the model's image kwargs (None: the processor's default pixel budget)."""
+    """An image file -> the model's image kwargs. None: the checkpoint's processor settings when given
+    (`settings`), else the library's default pixel budget."""
+    settings = settings or VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
     return preprocess_image(
         path,
-        min_pixels=IMAGE_MIN_PIXELS if min_pixels is None else min_pixels,
-        max_pixels=IMAGE_MAX_PIXELS if max_pixels is None else max_pixels,
+        min_pixels=settings.min_pixels if min_pixels is None else min_pixels,
+        max_pixels=settings.max_pixels if max_pixels is None else max_pixels,
+        patch_size=settings.patch_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        merge_size=settings.merge_size,
         max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
@@ -58,12 +67,22 @@ def video_inputs(
     min_pixels: int | None,
     max_pixels: int | None,
     max_tokens: int | None = None,
+    settings: VisionSettings | None = None,
 ) -> dict[str, Tensor]:
-    """A video file -> the model's video kwargs (every frame, fps from the container; default video budget)."""
+    """A video file -> the model's video kwargs (fps from the container; frame sampling and budget from the
+    checkpoint's video processor settings when given, else every frame and the default video budget)."""
+    settings = settings or VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
     return preprocess_video(
         path,
-        min_pixels=VIDEO_MIN_PIXELS if min_pixels is None else min_pixels,
-        max_pixels=VIDEO_MAX_PIXELS if max_pixels is None else max_pixels,
+        sample_fps=settings.sample_fps,
+        num_frames=settings.num_frames,
+        min_frames=settings.min_frames,
+        max_frames=settings.max_frames,
+        min_pixels=settings.min_pixels if min_pixels is None else min_pixels,
+        max_pixels=settings.max_pixels if max_pixels is None else max_pixels,
+        patch_size=settings.patch_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        merge_size=settings.merge_size,
         max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
 
@@ -73,9 +92,27 @@ def preprocess(
     min_pixels: int | None,
     max_pixels: int | None,
     max_tokens: int | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Tensor]:
-    """One input file, image or video by suffix -> the model's vision kwargs (budget checked first)."""
-    return (video_inputs if is_video(path) else image_inputs)(path, min_pixels, max_pixels, max_tokens)
+    """One input file, image or video by suffix -> the model's vision kwargs (budget checked first); the
+    checkpoint's processor settings are the defaults when `checkpoint_dir` is given."""
+    if is_video(path):
+        settings = None if checkpoint_dir is None else video_settings(checkpoint_dir)
+        return video_inputs(path, min_pixels, max_pixels, max_tokens, settings)
+    settings = None if checkpoint_dir is None else image_settings(checkpoint_dir)
+    return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
+
+
+def checkpoint_fingerprint(directory: Path) -> str:
+    """sha256 naming a checkpoint's weights cheaply: our manifest when there is one, else config.json and
+    every safetensors file's size and header (names, dtypes, shapes, offsets)."""
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for path in sorted(directory.glob("*.safetensors")):
+        digest.update(f"{path.name}:{path.stat().st_size}:{header_sha256(path)}".encode())
+    return digest.hexdigest()
 
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
@@ -105,14 +142,16 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
 
 
 def load_model(path: str, dtype: str | None, device: str, verify: bool = False) -> QwenVL:
-    """A converted checkpoint, checked against its manifest (every byte with verify), whose forward
-    raises on NaN/inf hidden states instead of answering garbage."""
-    from .load import load
+    """An HF checkpoint directory, a Hub id or a converted checkpoint (checked against its manifest, every
+    byte with verify), whose forward raises on NaN/inf hidden states instead of answering garbage."""
+    from .pretrained import from_pretrained
     from .weights_convert.checkpoint import CheckpointError
 
     try:
-        model = load(path, dtype=None if dtype is None else DTYPES[dtype], device=device, verify=verify)
+        model = from_pretrained(
+            path, dtype="auto" if dtype is None else DTYPES[dtype], device=device, verify=verify
+        )
     except CheckpointError as err:
-        raise CliError(f"{err} (`qwenvl-min convert SRC DST` runs the same converter)") from err
+        raise CliError(str(err)) from err
     guard_finite_hidden_states(model)
     return model

@@ -72,15 +72,15 @@ class VisionConfig:
             raise ConfigError(f"vision family must be one of {FAMILIES}, got {self.family!r}")
         if self.width % self.num_heads or (self.width // self.num_heads) % 4:
             raise ConfigError(
-                f"vision width {self.width} / heads {self.num_heads} must give a head_dim divisible by 4 "
+                f"vision config: width {self.width} / heads {self.num_heads} must give a head_dim divisible by 4 "
                 "(2D rotary splits it into row and column halves)"
             )
         unit = self.patch_size * self.merge_size
         if self.family == "qwen2_5_vl" and (self.window_size % unit or self.window_size < unit):
-            raise ConfigError(f"window_size {self.window_size} px must be a positive multiple of {unit} px")
+            raise ConfigError(f"vision config: window_size {self.window_size} px must be a positive multiple of {unit} px")
         bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
         if bad:
-            raise ConfigError(f"fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
+            raise ConfigError(f"vision config: fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
 
     @property
     def head_dim(self) -> int:
@@ -124,15 +124,15 @@ class TextConfig:
             raise ConfigError(f"mrope_layout {self.mrope_layout!r} is not one of {sorted(MROPE_LAYOUTS)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
-                f"text hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
+                f"text config: hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
             )
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
-                f"text heads {self.num_heads} are not a multiple of kv heads {self.num_kv_heads}"
+                f"text config: heads {self.num_heads} are not a multiple of kv heads {self.num_kv_heads}"
             )
         if len(self.mrope_section) != 3 or sum(self.mrope_section) * 2 != self.head_dim:
             raise ConfigError(
-                f"mrope_section {list(self.mrope_section)} must have 3 parts summing to head_dim/2 = "
+                f"text config: mrope_section {list(self.mrope_section)} must have 3 parts summing to head_dim/2 = "
                 f"{self.head_dim // 2}"
             )
 
@@ -168,21 +168,22 @@ class Config:
             raise ConfigError(
                 f"merger output width {self.vision.out_width} must equal the text hidden_size {self.text.hidden_size}"
             )
-        special = [
-            self.image_token_id,
-            self.video_token_id,
-            self.vision_start_token_id,
-            self.vision_end_token_id,
-        ]
-        if max(special) >= self.text.vocab_size:
-            raise ConfigError(f"special token ids {special} must be below vocab_size {self.text.vocab_size}")
+        # A special id at or above vocab_size is allowed (transformers' own test configs have a
+        # vision_end id of 151653 with a vocabulary of 99): such a token can never be in input_ids, which
+        # the forward checks against vocab_size, so the model simply never sees it.
 
     # ---- HF config.json ------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> Config:
-        """Build from a Qwen2-VL / Qwen2.5-VL config.json dict, flat (published) or nested (transformers 5)."""
+    def from_hf(cls, config: Any) -> Config:
+        """Build from a Qwen2-VL / Qwen2.5-VL config.json dict, flat (published) or nested (transformers 5),
+        or from a transformers config object (`Qwen2VLConfig`, `Qwen2_5_VLConfig`: read through its
+        `to_dict()`, so transformers is never imported here)."""
+        if not isinstance(config, dict) and callable(getattr(config, "to_dict", None)):
+            config = config.to_dict()
         if not isinstance(config, dict):
-            raise ConfigError(f"expected a config.json dict, got {type(config).__name__}")
+            raise ConfigError(
+                f"expected a config.json dict or a transformers config object, got {type(config).__name__}"
+            )
         model_type = config.get("model_type")
         if model_type not in FAMILIES:
             raise ConfigError(
@@ -197,8 +198,10 @@ class Config:
             _dict(text_src, key, "text config")
         text = _text_from_hf(text_src, config)
         vision = _vision_from_hf(model_type, vision_src)
+        if isinstance(config.get("eos_token_id"), list):
+            config = {**config, "eos_token_id": _first(config["eos_token_id"])}
         ids = {
-            key: _int(config, key, "config", text_src.get(key, default), minimum=0)
+            key: _int(config, key, "config", _first(text_src.get(key, default)), minimum=0)
             for key, default in (
                 ("image_token_id", 151655),
                 ("video_token_id", 151656),
@@ -315,6 +318,12 @@ class Config:
         return dataclasses.replace(PRESETS[name](), name=name)
 
 
+def _first(value: Any) -> Any:
+    """An id field given as a list (transformers allows several eos ids): the first one. The full stop
+    set comes from generation_config.json (see `qwenvl_min.checkpoint_settings`)."""
+    return value[0] if isinstance(value, list) and value else value
+
+
 def _int_if_integral(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x  # HF's strict config types want an int here
 
@@ -385,6 +394,29 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
         )
     rope = _dict(src, "rope_parameters", where)
     scaling = _dict(src, "rope_scaling", where)
+    kind = next(
+        (d[k] for d in (rope, scaling) for k in ("rope_type", "type") if d.get(k) is not None), "default"
+    )
+    if kind not in ("default", "mrope"):
+        raise ConfigError(
+            f"rope type {kind!r} is not supported: qwenvl-min implements the plain M-RoPE of the released "
+            "checkpoints (rope_type 'default' / 'mrope'), not scaled variants"
+        )
+    layer_types = src.get("layer_types") or []
+    if src.get("sliding_window") and "sliding_attention" in layer_types:
+        raise ConfigError(
+            "layer_types with 'sliding_attention' (and a sliding_window) are not supported: qwenvl-min "
+            "implements full causal attention in every layer, as the released checkpoints use"
+        )
+    if rope.get("mrope_interleaved") or scaling.get("mrope_interleaved"):
+        raise ConfigError(
+            "mrope_interleaved is not supported: Qwen2-VL / Qwen2.5-VL use contiguous mrope sections"
+        )
+    if src.get("attention_dropout", 0.0) not in (0, 0.0, None):
+        raise ConfigError(
+            f"text attention_dropout {src['attention_dropout']!r} is not supported: qwenvl-min has no dropout "
+            "(released checkpoints use 0.0); set it to 0.0"
+        )
     theta = rope.get("rope_theta", src.get("rope_theta"))
     section = rope.get("mrope_section", scaling.get("mrope_section"))
     if theta is None:
@@ -396,6 +428,12 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
             f"config field 'mrope_section' is missing from the {where} (rope_parameters/rope_scaling)"
         )
     heads = _int(src, "num_attention_heads", where)
+    hidden = _int(src, "hidden_size", where)
+    if src.get("head_dim") is not None and src["head_dim"] * heads != hidden:
+        raise ConfigError(
+            f"text head_dim {src['head_dim']!r} is not hidden_size / num_attention_heads = {hidden}/{heads}: "
+            "Qwen2 derives the head size from the width"
+        )
     tie = root.get("tie_word_embeddings", src.get("tie_word_embeddings", False))
     if not tie and src.get("tie_word_embeddings"):
         tie = True  # pre-v5 layout kept the flag on the text config
@@ -448,12 +486,20 @@ def _vision_from_hf(model_type: str, src: dict[str, Any]) -> VisionConfig:
         mlp_hidden=_int(src, "intermediate_size", where),
         out_width=_int(src, "out_hidden_size", where),
         window_size=_int(src, "window_size", where),
-        fullatt_block_indexes=_int_list(
-            _require(src, "fullatt_block_indexes", where), "fullatt_block_indexes", where
+        fullatt_block_indexes=_existing_blocks(
+            _int_list(_require(src, "fullatt_block_indexes", where), "fullatt_block_indexes", where),
+            _int(src, "depth", where),
         ),
         tokens_per_second=_float(src, "tokens_per_second", where),
         **common,
     )
+
+
+def _existing_blocks(indexes: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """transformers reads fullatt_block_indexes as "these blocks attend to the whole frame": an index at or
+    above depth names no block (its own test configs keep the released [7, 15, 23, 31] with depth 2). We
+    read it the same way: the blocks that exist."""
+    return tuple(i for i in indexes if i < depth)
 
 
 def _released(

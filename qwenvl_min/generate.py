@@ -27,7 +27,7 @@ from torch import Tensor
 from .model import QwenVL
 from .positions import generation_positions
 from .text import KVCache
-from .validate import check_finite, check_sampling
+from .validate import check_finite, check_sampling, finite_number
 
 
 def stream(
@@ -40,19 +40,33 @@ def stream(
     pixel_values_videos: Tensor | None = None,
     video_grid_thw: Tensor | None = None,
     second_per_grid_ts: Tensor | None = None,
+    mm_token_type_ids: Tensor | None = None,
     max_new_tokens: int,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
     stop_token_ids: Sequence[int] | None = None,
     pad_token_id: int | None = None,
+    repetition_penalty: float | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new tokens of every row, one (B,) int64 tensor per step. Arguments as in `generate`."""
     cfg = model.config
-    stops = (cfg.eos_token_id,) if stop_token_ids is None else tuple(stop_token_ids)
-    pad = cfg.bos_token_id if pad_token_id is None else pad_token_id  # Qwen pads with <|endoftext|> (= bos)
+    defaults = model.generation_settings  # the checkpoint's generation_config.json, or greedy defaults
+    temperature = defaults.temperature if temperature is None else temperature
+    sampling = temperature != 0  # greedy (do_sample false): the checkpoint's top_k / top_p do not apply
+    top_k = defaults.top_k if top_k is None and sampling else top_k
+    top_p = defaults.top_p if top_p is None and sampling else top_p
+    penalty = defaults.repetition_penalty if repetition_penalty is None else repetition_penalty
+    if stop_token_ids is None:
+        stop_token_ids = defaults.stop_token_ids or (cfg.eos_token_id,)
+    stops = tuple(stop_token_ids)
+    if pad_token_id is None:  # Qwen pads with <|endoftext|> (= bos)
+        pad_token_id = cfg.bos_token_id if defaults.pad_token_id is None else defaults.pad_token_id
+    pad = pad_token_id
     _check_request(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed)
+    if penalty is not None:
+        finite_number("repetition_penalty", penalty, positive=True, hint="1 is no penalty")
     device = model.text.embed_tokens.weight.device
     batch, length = input_ids.shape
     input_ids = input_ids.to(device)
@@ -65,6 +79,8 @@ def stream(
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
     stop_ids = torch.tensor(stops, dtype=torch.int64, device=device)
+    # every id of each row so far (prompt, padding included, then new tokens): what the penalty divides
+    seen = torch.cat([input_ids, input_ids.new_zeros(batch, max_new_tokens)], 1) if penalty else None
 
     with torch.inference_mode():
         # preallocated: decode steps write in place instead of concatenating the history
@@ -78,6 +94,7 @@ def stream(
             pixel_values_videos,
             video_grid_thw,
             second_per_grid_ts,
+            mm_token_type_ids,
             cache,
         )
         valid = (
@@ -91,6 +108,7 @@ def stream(
         if attention_mask is not None:
             key_valid[:, :length] = attention_mask.bool()
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        logits = logits if seen is None else _penalize(logits, seen[:, :length], penalty)
         next_tokens = _pick(logits, temperature, top_k, top_p, generator)
 
     for step in range(max_new_tokens):
@@ -98,6 +116,8 @@ def stream(
             tokens = torch.where(finished, pad, next_tokens)
             key_valid[:, length + step] = ~finished  # a stopped row's later slots stay masked
             finished |= torch.isin(tokens, stop_ids)
+            if seen is not None:
+                seen[:, length + step] = tokens
         yield tokens
         # One host sync per step: it decides whether to stop (and the caller usually reads the tokens anyway).
         if step + 1 == max_new_tokens or bool(finished.all()):
@@ -106,6 +126,8 @@ def stream(
             # a single unpadded row attends to everything it has seen: no mask to build
             mask = None if batch == 1 and not padded else key_valid[:, : length + step + 1]
             logits = _decode(model, tokens, positions[:, :, step : step + 1], mask, cache)
+            if seen is not None:
+                logits = _penalize(logits, seen[:, : length + step + 1], penalty)
             next_tokens = _pick(logits, temperature, top_k, top_p, generator)
 
 
@@ -119,21 +141,31 @@ def generate(
     pixel_values_videos: Tensor | None = None,
     video_grid_thw: Tensor | None = None,
     second_per_grid_ts: Tensor | None = None,
+    mm_token_type_ids: Tensor | None = None,
     max_new_tokens: int,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
     stop_token_ids: Sequence[int] | None = None,
     pad_token_id: int | None = None,
+    repetition_penalty: float | None = None,
     on_token: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """Generate up to `max_new_tokens` tokens after each prompt row; returns the new ids (B, n), n <= max.
 
-    input_ids (B, T) and attention_mask (B, T) as for the model, left padded; the vision inputs as for the
-    model (they are encoded once, in the prefill). `stop_token_ids` defaults to the config's eos; the stop
-    token is part of a row's output and later slots of that row hold `pad_token_id` (default: the config's
-    bos, Qwen's <|endoftext|>). `on_token` receives each step's (B,) tokens as they are produced (for
+    input_ids (B, T) and attention_mask (B, T) as for the model, left padded; the vision inputs and
+    mm_token_type_ids as for the model (encoded / checked once, in the prefill), so a processor's output
+    can be passed whole: `generate(model, **batch, max_new_tokens=...)`. The stop token is part of a row's output and later
+    slots of that row hold `pad_token_id`.
+
+    Defaults (an argument left at None): a model from `from_pretrained` takes them from its checkpoint's
+    generation_config.json (`model.generation_settings`: eos ids, pad id, do_sample / temperature /
+    top_k / top_p, repetition_penalty; see `qwenvl_min.checkpoint_settings`); otherwise greedy, stop at the
+    config's eos, pad with its bos (Qwen's <|endoftext|>). Explicit values override: temperature=0 is
+    greedy, top_p=1.0 and top_k=vocab_size switch those filters off, repetition_penalty=1.0 none.
+    `repetition_penalty` p divides positive (multiplies negative) logits of every id already in the row,
+    prompt included, before sampling, as transformers does. `on_token` receives each step's (B,) tokens as they are produced (for
     streaming; `stream` is the iterator form of the same loop).
     """
     steps = []
@@ -146,6 +178,7 @@ def generate(
         pixel_values_videos=pixel_values_videos,
         video_grid_thw=video_grid_thw,
         second_per_grid_ts=second_per_grid_ts,
+        mm_token_type_ids=mm_token_type_ids,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -153,6 +186,7 @@ def generate(
         seed=seed,
         stop_token_ids=stop_token_ids,
         pad_token_id=pad_token_id,
+        repetition_penalty=repetition_penalty,
     ):
         if on_token is not None:
             on_token(tokens)
@@ -172,6 +206,7 @@ def _prefill(
     pixel_values_videos: Tensor | None,
     video_grid_thw: Tensor | None,
     second_per_grid_ts: Tensor | None,
+    mm_token_type_ids: Tensor | None,
     cache: KVCache,
 ) -> tuple[Tensor, Tensor]:
     """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1)."""
@@ -183,6 +218,7 @@ def _prefill(
         pixel_values_videos=pixel_values_videos,
         video_grid_thw=video_grid_thw,
         second_per_grid_ts=second_per_grid_ts,
+        mm_token_type_ids=mm_token_type_ids,
         cache=cache,
         logits_to_keep=1,
     )
@@ -195,6 +231,15 @@ def _decode(
     """One cached step: tokens (B,), positions (3, B, 1), key_valid (B, K) or None -> logits (B, V)."""
     out = model(tokens[:, None], attention_mask=key_valid, cache=cache, positions=positions)
     return out.logits[:, -1]
+
+
+def _penalize(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """transformers' repetition penalty: logits (B, V) of the ids in `seen` (B, K) divided by `penalty` where
+    positive, multiplied where negative."""
+    scores = logits.float()
+    picked = scores.gather(1, seen)
+    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+    return scores.scatter(1, seen, picked)
 
 
 def _pick(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import sys
 from collections import Counter
@@ -28,7 +27,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .cli_support import CliError, is_video, load_model, preprocess, vision_prompt
+from .cli_support import (
+    CliError,
+    checkpoint_fingerprint,
+    is_video,
+    load_model,
+    preprocess,
+    vision_prompt,
+)
 from .faults import pause_point
 from .fs import ExclusiveLock, LockedError, write_atomic
 from .parallel.entry import all_gather_objects, share
@@ -75,12 +81,11 @@ def _write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     write_atomic(path, write)
 
 
-def _settings(args: argparse.Namespace, names: list[str]) -> dict[str, object]:
+def _settings(args: argparse.Namespace, names: list[str], checkpoint_dir: Path) -> dict[str, object]:
     """What decides an output's content: resuming requires all of it to match."""
-    manifest = Path(args.model) / "manifest.json"
     return {
         "taps": names,
-        "model_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "model_manifest_sha256": checkpoint_fingerprint(checkpoint_dir),
         "dtype": args.dtype or "stored",
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
@@ -198,7 +203,7 @@ def _run(
 ) -> Result:
     from tqdm import tqdm
 
-    settings = _settings(args, names)
+    settings = _settings(args, names, model.checkpoint_dir)
     device = model.text.embed_tokens.weight.device
     written, skipped, failed = 0, 0, []
     bar = tqdm(inputs, unit="input", disable=args.no_progress or not progress, file=sys.stderr)
@@ -217,9 +222,9 @@ def _run(
                 )
             continue
         try:
-            vision = preprocess(path, args.min_pixels, args.max_pixels, args.max_vision_tokens)
-            if model.config.model_type == "qwen2_vl":
-                vision.pop("second_per_grid_ts", None)
+            vision = preprocess(
+                path, args.min_pixels, args.max_pixels, args.max_vision_tokens, model.checkpoint_dir
+            )
             ids = vision_prompt(model.config, vision).to(device)
             with torch.inference_mode(), model.taps(read=names) as taps:
                 model(ids, **{k: t.to(device) for k, t in vision.items()})
@@ -232,7 +237,7 @@ def _run(
                 "kind": "video" if is_video(path) else "image",
                 "grid_thw": json.dumps(grid[0].tolist()),
                 "taps": json.dumps(names),
-                "model": str(Path(args.model).resolve()),
+                "model": str(model.checkpoint_dir),
                 "model_type": model.config.model_type,
                 "input_ids": json.dumps(ids[0].tolist()),
                 "settings": json.dumps(settings),

@@ -5,15 +5,19 @@ Shape legend: B batch, T tokens, V vocab, E LLM width, N patch rows, M merged vi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import dispatch
+from .checkpoint_settings import GenerationSettings
 from .config import Config
+from .hf_inputs import causal_lm_loss, check_mm_token_type_ids, seconds_for_positions
 from .positions import get_rope_index
 from .taps import Replacement, Taps, tap_names
 from .text import KVCache, TextAttention, TextModel, tied_logits
@@ -26,6 +30,7 @@ class ForwardOutput:
     positions: Tensor  # (3, B, T) the M-RoPE positions used
     rope_deltas: Tensor | None  # (B, 1) when positions were derived from the prompt (see positions.py)
     cache: KVCache | None  # the cache passed in, now holding these tokens too
+    loss: Tensor | None = None  # () mean next-token cross entropy when `labels` were given
 
 
 class QwenVL(nn.Module):
@@ -45,6 +50,10 @@ class QwenVL(nn.Module):
         self.lm_head = (
             None if tied else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         )
+        # set by `from_pretrained`: the checkpoint directory, and its generation_config.json as the
+        # defaults of `qwenvl_min.generate`
+        self.checkpoint_dir: Path | None = None
+        self.generation_settings = GenerationSettings()
 
     def set_kernels(self, kernels: str | None) -> None:
         """Switch every attention module to the defaults of another kernel choice (this replaces any
@@ -56,16 +65,41 @@ class QwenVL(nn.Module):
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, config: dict[str, Any], state_dict: Mapping[str, Tensor]) -> QwenVL:
-        """Build from an HF config.json dict and an HF state dict in either key layout (strict)."""
+    def from_hf(cls, config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
+        """Build from an HF config (a config.json dict or a transformers config object) and an HF state dict
+        in either key layout (strict: every key mapped or dropped on purpose).
+
+        The weights are copied (detached), so changing ours never changes the source model and back.
+        share=True uses the given tensors themselves as our parameters (no copy, no extra memory):
+        then an in-place change on either side shows on the other.
+        """
         from .weights_convert import hf_state_dict_to_ours
 
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be True or False, got {share!r}")
         cfg = Config.from_hf(config)
         ours = hf_state_dict_to_ours(cfg, state_dict)
+        if not share:
+            ours = {key: tensor.detach().clone() for key, tensor in ours.items()}
         with torch.device("meta"):
             model = cls(cfg)
         model.load_state_dict(ours, strict=True, assign=True)
         return model.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike[str],
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "cpu",
+    ) -> QwenVL:
+        """A model in eval mode from a Hugging Face checkpoint directory (either key layout, single file or
+        sharded, flat or nested config.json), a Hub id, or one of our converted directories; memory-mapped
+        and strict. See `qwenvl_min.pretrained.from_pretrained`."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(path_or_hub_id, dtype=dtype, device=device)
 
     def taps(self, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None) -> Taps:
         """Read / replace internal tensors by name for the forwards run inside `with model.taps(...) as t:`;
@@ -85,12 +119,19 @@ class QwenVL(nn.Module):
         image_grid_thw: Tensor | None = None,
         pixel_values_videos: Tensor | None = None,
         video_grid_thw: Tensor | None = None,
-        second_per_grid_ts: Tensor | None = None,
+        second_per_grid_ts: Tensor | Sequence[float] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
         cache: KVCache | None = None,
         positions: Tensor | None = None,
         logits_to_keep: int = 0,
     ) -> ForwardOutput:
         """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
+
+        Takes every key of transformers' Qwen2-VL / Qwen2.5-VL processor output and of ours
+        (`model(**batch)`): `mm_token_type_ids` is checked against input_ids, `second_per_grid_ts` on
+        Qwen2-VL is checked and not used (see `qwenvl_min.hf_inputs`). `labels` (B, T) adds `.loss`, the mean
+        next-token cross entropy (shifted inside, -100 ignored), as transformers computes it.
 
         With a non-empty `cache`, input_ids are the new tokens only, attention_mask covers past + new
         tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`).
@@ -99,9 +140,14 @@ class QwenVL(nn.Module):
         """
         cfg = self.config
         self._check_token_inputs(input_ids, attention_mask, cache)
-        if cfg.model_type == "qwen2_vl" and second_per_grid_ts is not None:
+        if mm_token_type_ids is not None:
+            check_mm_token_type_ids(cfg, input_ids, mm_token_type_ids)
+        if isinstance(second_per_grid_ts, (list, tuple)):
+            second_per_grid_ts = torch.as_tensor(second_per_grid_ts, dtype=torch.float32)
+        second_per_grid_ts = seconds_for_positions(cfg, second_per_grid_ts, video_grid_thw)
+        if labels is not None and logits_to_keep:
             raise ValueError(
-                "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
+                "labels need the logits of every position; leave logits_to_keep at 0 with labels"
             )
         embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
         embeds = self._insert_vision(
@@ -127,7 +173,8 @@ class QwenVL(nn.Module):
             if self.lm_head is None
             else self.lm_head(hidden)
         )
-        return ForwardOutput(logits, positions, deltas, cache)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return ForwardOutput(logits, positions, deltas, cache, loss)
 
     def _check_token_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None

@@ -209,7 +209,7 @@ def _error(capsys, argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
-def test_errors_are_one_clear_line(tmp_path, checkpoint, capsys):
+def test_errors_are_one_clear_line(tmp_path, checkpoint, capsys, monkeypatch):
     assert "not found" in _error(capsys, ["inspect", str(tmp_path / "nope.png")])
     (tmp_path / "fake.png").write_text("text")
     assert "not an image" in _error(capsys, ["inspect", str(tmp_path / "fake.png")])
@@ -223,10 +223,17 @@ def test_errors_are_one_clear_line(tmp_path, checkpoint, capsys):
     hf_like.mkdir()
     (hf_like / "config.json").write_text(json.dumps(Config.preset("tiny-qwen2-vl").to_hf()))
     err = _error(capsys, [*latents, "--model", str(hf_like), "--taps", "text.norm"])
-    assert "Convert it first" in err and "weights_convert" in err
-    assert "not a directory" in _error(
-        capsys, [*latents, "--model", "Qwen/Qwen2-VL-2B-Instruct", "--taps", "text.norm"]
-    )
+    assert "hf_like has neither model.safetensors nor model.safetensors.index.json" in err  # HF dirs load
+
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(**kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub and nothing is cached")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    err = _error(capsys, [*latents, "--model", "Qwen/Qwen2-VL-2B-Instruct", "--taps", "text.norm"])
+    assert "could not be downloaded from the Hugging Face Hub (offline?" in err
 
     big = _save_image(tmp_path / "big.png", 448, 448)  # 256 image tokens > the 160-token context
     err = _error(capsys, ["run", "--model", str(checkpoint), "--image", str(big), "--prompt", "describe it"])

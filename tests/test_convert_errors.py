@@ -234,7 +234,7 @@ def test_hub_id_offline(tmp_path, monkeypatch):
         raise LocalEntryNotFoundError("cannot reach the Hub and nothing is cached")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(CheckpointError, match="could not be downloaded.*local-dir DIR.*pass DIR as SRC"):
+    with pytest.raises(CheckpointError, match="could not be downloaded.*local-dir DIR.*pass DIR instead"):
         convert_checkpoint("Qwen/Qwen2.5-VL-7B-Instruct", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

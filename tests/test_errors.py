@@ -193,19 +193,25 @@ def test_attention_mask_shape() -> None:
 
 
 def test_second_per_grid_ts_on_qwen2_vl() -> None:
+    """Our processor emits it for every video; Qwen2-VL's forward checks it (one finite value per video)
+    and does not use it; get_rope_index, which takes no processor output, still refuses it."""
     cfg = tiny_config("qwen2_vl", tied=True)
     p = make_prompt(cfg, [[1, ("video", (2, 8, 8)), 1]], seed=0)
-    seconds = torch.tensor([1.0])
+    forward = model("qwen2_vl")
+    video = dict(pixel_values_videos=p.pixel_values_videos, video_grid_thw=p.video_grid_thw)
+    with torch.no_grad():
+        plain = forward(p.input_ids, **video).logits
+        assert torch.equal(
+            forward(p.input_ids, **video, second_per_grid_ts=torch.tensor([0.25])).logits, plain
+        )
+        assert torch.equal(forward(p.input_ids, **video, second_per_grid_ts=[1.0]).logits, plain)
+    with pytest.raises(ValueError, match="second_per_grid_ts has 2 entries for 1 videos"):
+        forward(p.input_ids, **video, second_per_grid_ts=torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="second_per_grid_ts must be finite and positive"):
+        forward(p.input_ids, **video, second_per_grid_ts=torch.tensor([float("nan")]))
     msg = "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
     with pytest.raises(ValueError, match=msg):
-        model("qwen2_vl")(
-            p.input_ids,
-            pixel_values_videos=p.pixel_values_videos,
-            video_grid_thw=p.video_grid_thw,
-            second_per_grid_ts=seconds,
-        )
-    with pytest.raises(ValueError, match=msg):
-        get_rope_index(cfg, p.input_ids, None, p.video_grid_thw, seconds)
+        get_rope_index(cfg, p.input_ids, None, p.video_grid_thw, torch.tensor([1.0]))
 
 
 def test_second_per_grid_ts_count_and_shape() -> None:
@@ -312,7 +318,9 @@ def test_missing_vision_config() -> None:
 
 
 def test_config_not_a_dict() -> None:
-    with pytest.raises(ConfigError, match="expected a config.json dict, got str"):
+    with pytest.raises(
+        ConfigError, match="expected a config.json dict or a transformers config object, got str"
+    ):
         Config.from_hf("config.json")
 
 

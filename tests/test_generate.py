@@ -127,7 +127,12 @@ def test_prefill_then_decode_logits_equal_full_forward(models, capacity):
 
 
 def _no_video() -> dict[str, None]:
-    return {"pixel_values_videos": None, "video_grid_thw": None, "second_per_grid_ts": None}
+    return {
+        "pixel_values_videos": None,
+        "video_grid_thw": None,
+        "second_per_grid_ts": None,
+        "mm_token_type_ids": None,
+    }
 
 
 def _left_pad(rows: list[Tensor], pad: int) -> tuple[Tensor, Tensor]:

@@ -31,6 +31,7 @@ COMPANION_FILES = (
     "chat_template.json",
     "chat_template.jinja",
     "preprocessor_config.json",
+    "processor_config.json",
     "video_preprocessor_config.json",
     "generation_config.json",
 )

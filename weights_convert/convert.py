@@ -236,7 +236,7 @@ def resolve_source(src: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError(
             f"{src} is not a local directory and could not be downloaded from the Hugging Face Hub "
             f"(offline? {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). On a connected "
-            f"machine run `hf download {src} --local-dir DIR`, copy DIR here and pass DIR as SRC"
+            f"machine run `hf download {src} --local-dir DIR`, copy DIR here and pass DIR instead"
         ) from err
     local_path = Path(local).resolve()
     return local_path, {"hub_id": src, "revision": local_path.name, "path": str(local_path)}

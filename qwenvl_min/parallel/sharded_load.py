@@ -24,6 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.distributed.tensor.placement_types import _StridedShard
 
+from ..checkpoint_settings import generation_settings
 from ..config import Config, ConfigError
 from ..model import QwenVL
 from ..weights_convert.checkpoint import (
@@ -157,6 +158,9 @@ def load_sharded(
         del mapped  # the map closes once the last view of it is gone
     if tied is not None:
         _check_tied_head(model, tied, mesh)
+    # the checkpoint's own processor, chat template and generation settings, as from_pretrained records
+    model.checkpoint_dir = directory
+    model.generation_settings = generation_settings(directory)
     return model.eval()
 
 
