@@ -77,7 +77,9 @@ class VisionConfig:
             )
         unit = self.patch_size * self.merge_size
         if self.family == "qwen2_5_vl" and (self.window_size % unit or self.window_size < unit):
-            raise ConfigError(f"vision config: window_size {self.window_size} px must be a positive multiple of {unit} px")
+            raise ConfigError(
+                f"vision config: window_size {self.window_size} px must be a positive multiple of {unit} px"
+            )
         bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
         if bad:
             raise ConfigError(f"vision config: fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
