@@ -170,8 +170,8 @@ def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, dev
         elif impl == "ours+maps":
             from qwenvl_min.taps import Taps
 
-            taps = Taps(config, read=[f"vision.blocks.{full_block}.attn.probs"])
-            ours.run(pixels, grid, taps)
+            with Taps(ours, read=[f"blocks.{full_block}.attn.probs"]):  # paths inside the tower
+                ours(pixels, grid)
         else:
             hf.set_attn_implementation(impl.removeprefix("hf-"))
             hf(pixels, grid_thw=grid)
