@@ -10,7 +10,7 @@ expansion, tokenization, mm_token_type_ids and second_per_grid_ts are still HF's
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from hf_user_dir import train_tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
@@ -18,16 +18,6 @@ from transformers.video_utils import VideoMetadata
 
 from qwenvl_min.processor import concat_outputs, preprocess_image, preprocess_video
 from qwenvl_min.prompts import chat_text, encode, encode_chat, load_tokenizer
-
-SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-]
-SPECIAL += ["<|video_pad|>"]
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -47,15 +37,7 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    corpus = ["You are a helpful assistant.", "Describe this image in detail.", "What happens in the video?"]
-    tok.train_from_iterator(corpus * 20, trainer)
-    return tok
+    return train_tokenizer()  # the same tiny BPE with Qwen's special tokens as the HF-directory tests
 
 
 class _VideoStandIn:
