@@ -112,7 +112,8 @@ def test_grid_without_pixels_and_pixels_without_grid() -> None:
         ValueError, match="input_ids hold 24 image pad tokens .* but no pixel_values were given"
     ):
         forward(pixel_values=None, image_grid_thw=None)
-    assert p.pixel_values is not None
+    # the refused calls left nothing behind: the valid call still runs
+    assert forward().logits.shape[1] == p.input_ids.shape[1]
 
 
 # ---- dtypes and ranks ----------------------------------------------------------------------------------
