@@ -10,13 +10,12 @@ expansion, tokenization, mm_token_type_ids and second_per_grid_ts are still HF's
 import numpy as np
 import pytest
 import torch
-from hf_user_dir import train_tokenizer
+from hf_user_dir import VideoStandIn, train_tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
-from transformers.video_utils import VideoMetadata
 
-from qwenvl_min.processor import concat_outputs, preprocess_image, preprocess_video
+from qwenvl_min.processor import preprocess_image, preprocess_video
 from qwenvl_min.prompts import chat_text, encode, encode_chat, load_tokenizer
 
 CHAT_TEMPLATE = (
@@ -40,28 +39,6 @@ def tokenizer():
     return train_tokenizer()  # the same tiny BPE with Qwen's special tokens as the HF-directory tests
 
 
-class _VideoStandIn:
-    """Plays HF's video processor: returns our outputs for the given videos, with HF-style metadata."""
-
-    merge_size, temporal_patch_size = 2, 2
-
-    def __init__(self, fps):
-        self.fps = fps
-
-    def __call__(self, videos, **kwargs):
-        outs = [preprocess_video(v, fps=self.fps, min_pixels=784) for v in videos]
-        data = concat_outputs(outs)
-        meta = [
-            VideoMetadata(total_num_frames=len(v), fps=self.fps, frames_indices=list(range(len(v))))
-            for v in videos
-        ]
-        return {
-            "pixel_values_videos": data["pixel_values_videos"],
-            "video_grid_thw": data["video_grid_thw"],
-            "video_metadata": meta,
-        }
-
-
 def _hf_processor(cls, tokenizer, monkeypatch, fps=2.0):
     original = ProcessorMixin.check_argument_for_proper_class
 
@@ -70,7 +47,9 @@ def _hf_processor(cls, tokenizer, monkeypatch, fps=2.0):
 
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", check)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", padding_side="left")
-    return cls(Qwen2VLImageProcessorPil(), fast, _VideoStandIn(fps), chat_template=CHAT_TEMPLATE)
+    return cls(
+        Qwen2VLImageProcessorPil(), fast, VideoStandIn(fps, {"min_pixels": 784}), chat_template=CHAT_TEMPLATE
+    )
 
 
 def _image(h, w, seed=0):
