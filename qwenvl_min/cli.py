@@ -6,6 +6,7 @@
     torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
     torchrun --nproc-per-node N -m qwenvl_min latents ...             the same, data parallel
+    qwenvl-min attend --model DIR --image F --prompt TEXT --out DIR   where answer tokens look (PNGs)
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .attend import add_arguments as add_attend_arguments
+from .attend import cmd_attend
 from .budget import DEFAULT_MAX_VISION_TOKENS
 from .cli_support import (
     DTYPES,
@@ -314,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_pixel_budget(latents)
     latents.set_defaults(func=cmd_latents)
+
+    attend = sub.add_parser("attend", help="PNGs of where answer tokens look on an image (attention maps)")
+    _add_model(attend)
+    add_attend_arguments(attend)
+    attend.set_defaults(func=cmd_attend)
 
     _add_convert(sub)
     return parser
