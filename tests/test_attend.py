@@ -7,6 +7,7 @@ bar and captions. Tiny random models (fp32)."""
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from qwenvl_min import Config, QwenVL, SegmentMaps
 from qwenvl_min.attention_maps import answer_attention, merged_to_patch_grid
 from qwenvl_min.checkpoint_processor import Processor
 from qwenvl_min.cli import main
+from qwenvl_min.fs import current_umask
 from qwenvl_min.overlay import COLORBAR_WIDTH, draw_scaled_heatmap, frames_from_patches
 from qwenvl_min.processor import preprocess_image
 
@@ -199,6 +201,9 @@ def test_attend_writes_pngs_with_colour_bars_and_the_numbers(user_dir, tmp_path,
     assert (np.diff(brightness) <= 3).all()  # darker all the way down (rounding aside)
     with Image.open(out / "vision_block_3.png") as picture:
         assert picture.height == HEIGHT * scale + 8 + 18 * 3
+    umask = current_umask()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
     assert record["vision"]["sum"] == pytest.approx(1.0, abs=1e-5)
     assert record["vision"]["patches"] == 96 and record["vision"]["full_attention"] is True
 
