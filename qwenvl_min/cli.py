@@ -51,6 +51,7 @@ from .cli_support import (
 )
 from .config import Config
 from .demo import cmd_demo
+from .detokenize import TextStream
 from .fs import write_atomic
 from .latents import cmd_latents
 from .parallel.launch import launched_distributed
@@ -202,8 +203,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
     device = model.text.embed_tokens.weight.device
     vision = {k: t.to(device) for k, t in vision.items()}
-    from .detokenize import TextStream
-
     pieces = TextStream(tokenizer)  # incremental: each token's new text, never the whole answer again
     for step in stream(
         model,
