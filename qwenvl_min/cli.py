@@ -6,7 +6,13 @@
     torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
     torchrun --nproc-per-node N -m qwenvl_min latents ...             the same, data parallel
+    qwenvl-min attend --model DIR --image F --prompt TEXT --out DIR   where answer tokens look (PNGs)
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
+
+Global options (before or after the subcommand): `--version`; `-q` (warnings and errors only, no progress
+bars; `-qq` errors only) and `-v` (debug detail) set the level of the `qwenvl_min` logger, which writes
+status and progress to stderr; results go to stdout (`--json` on `inspect` and `latents`: one JSON object,
+schema in docs/cli.md).
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
 Exit status: 0 success; 1 an error the user can fix (missing file, bad checkpoint, unknown tap, prompt
@@ -17,14 +23,19 @@ too long, resource budget exceeded, out of memory), printed as one `error:` line
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .attend import add_arguments as add_attend_arguments
+from .attend import cmd_attend
 from .budget import DEFAULT_MAX_VISION_TOKENS
 from .cli_support import (
     DTYPES,
@@ -40,6 +51,7 @@ from .cli_support import (
 )
 from .config import Config
 from .demo import cmd_demo
+from .detokenize import TextStream
 from .fs import write_atomic
 from .latents import cmd_latents
 from .parallel.launch import launched_distributed
@@ -51,8 +63,11 @@ from .processor import (
     concat_outputs,
     load_rgb,
 )
+from .progress import LOGGER_NAME
 from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from .validate import check_sampling
+
+log = logging.getLogger(__name__)
 
 # ---- inspect ----------------------------------------------------------------------------------------------
 
@@ -72,24 +87,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     t, h, w = grid[0].tolist()
     tokens = t * h * w // v.merge_size**2
     frames = frames_from_patches(inputs[rows_key], (t, h, w))
-    print(f"{path} ({'video' if video else 'image'})")
-    if not video:
-        width, height = load_rgb(path).size
-        print(f"  input size        {width}x{height} px (w x h)")
-    else:
-        print(
-            f"  frames used       {t * v.temporal_patch_size} (after padding to a multiple of {v.temporal_patch_size}), "
-            f"{float(inputs['second_per_grid_ts'][0]):g} s per temporal patch"
-        )
     lo = args.min_pixels if args.min_pixels is not None else (VIDEO_MIN_PIXELS if video else IMAGE_MIN_PIXELS)
     hi = args.max_pixels if args.max_pixels is not None else (VIDEO_MAX_PIXELS if video else IMAGE_MAX_PIXELS)
-    print(f"  smart_resize      {w * v.patch_size}x{h * v.patch_size} px (pixel budget {lo}..{hi})")
-    print(f"  grid (t, h, w)    {t} x {h} x {w}")
-    print(f"  patches           {t * h * w} rows x {inputs[rows_key].shape[1]} values")
-    print(f"  windows ({args.family}) {window_summary(config, torch.tensor([[1, h, w]]))} per temporal patch")
-    print(
-        f"  merged tokens     {tokens} (+2 for <|vision_start|>/<|vision_end|> = {tokens + 2} prompt tokens)"
-    )
+    windows = window_summary(config, torch.tensor([[1, h, w]]))
+    report: dict[str, Any] = {  # the --json schema (docs/cli.md)
+        "input": str(path),
+        "kind": "video" if video else "image",
+        "family": args.family,
+        "input_size": None if video else list(load_rgb(path).size),
+        "frames_used": t * v.temporal_patch_size if video else None,
+        "seconds_per_temporal_patch": float(inputs["second_per_grid_ts"][0]) if video else None,
+        "resized": [w * v.patch_size, h * v.patch_size],
+        "pixel_budget": [lo, hi],
+        "grid_thw": [t, h, w],
+        "patches": t * h * w,
+        "values_per_patch": int(inputs[rows_key].shape[1]),
+        "merged_tokens": tokens,
+        "prompt_tokens": tokens + 2,
+        "windows": windows,
+    }
+    if not args.json:
+        print(f"{path} ({'video' if video else 'image'})")
+        if not video:
+            print(f"  input size        {report['input_size'][0]}x{report['input_size'][1]} px (w x h)")
+        else:
+            print(
+                f"  frames used       {t * v.temporal_patch_size} (after padding to a multiple of {v.temporal_patch_size}), "
+                f"{report['seconds_per_temporal_patch']:g} s per temporal patch"
+            )
+        print(f"  smart_resize      {w * v.patch_size}x{h * v.patch_size} px (pixel budget {lo}..{hi})")
+        print(f"  grid (t, h, w)    {t} x {h} x {w}")
+        print(f"  patches           {t * h * w} rows x {inputs[rows_key].shape[1]} values")
+        print(f"  windows ({args.family}) {windows} per temporal patch")
+        print(
+            f"  merged tokens     {tokens} (+2 for <|vision_start|>/<|vision_end|> = {tokens + 2} prompt tokens)"
+        )
     out = Path(args.out) if args.out else Path(f"{path.stem}.tiling.png")
     if out.exists() and out.resolve() == path.resolve():
         raise CliError(f"--out {out} is the input file; choose another name for the overlay PNG")
@@ -101,7 +133,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             tmp, format="PNG"
         ),
     )
-    print(f"wrote: {out}")
+    if args.json:
+        print(json.dumps(report | {"overlay": str(out)}))
+    log.info("wrote: %s", out)
     return 0
 
 
@@ -169,8 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
     device = model.text.embed_tokens.weight.device
     vision = {k: t.to(device) for k, t in vision.items()}
-    generated: list[int] = []
-    shown = ""
+    pieces = TextStream(tokenizer)  # incremental: each token's new text, never the whole answer again
     for step in stream(
         model,
         encoded["input_ids"],
@@ -186,14 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         token = int(step[0])
         if token in stops:
             break
-        generated.append(token)
-        # decode the whole answer each time: a character may span several tokens (byte-level BPE)
-        text = tokenizer.decode(generated)
-        if show and not text.endswith("\ufffd"):
-            print(text[len(shown) :], end="", flush=True)
-            shown = text
+        piece = pieces.push(token)
+        if show and piece:
+            print(piece, end="", flush=True)
     if show:
-        print(tokenizer.decode(generated)[len(shown) :])
+        print(pieces.finish())
     return 0
 
 
@@ -256,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwenvl-min", description="Qwen2-VL / Qwen2.5-VL in small, readable PyTorch"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _add_verbosity(parser, default=0)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -275,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--family", choices=sorted(FAMILIES), default="qwen2.5-vl", help="whose windows to draw"
     )
     inspect.add_argument("--out", default=None, help="overlay PNG (default ./<name>.tiling.png)")
+    inspect.add_argument("--json", action="store_true", help="print the report as one JSON object")
     inspect.set_defaults(func=cmd_inspect)
 
     run = sub.add_parser("run", help="answer a prompt about images / videos, streamed")
@@ -312,15 +345,61 @@ def build_parser() -> argparse.ArgumentParser:
     latents.add_argument("--out", required=True, help="output directory (existing outputs are skipped)")
     latents.add_argument("inputs", nargs="+", help="image / video files")
     latents.add_argument("--no-progress", action="store_true", help="no progress bar")
+    latents.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _add_pixel_budget(latents)
     latents.set_defaults(func=cmd_latents)
 
+    attend = sub.add_parser("attend", help="PNGs of where answer tokens look on an image (attention maps)")
+    _add_model(attend)
+    add_attend_arguments(attend)
+    attend.set_defaults(func=cmd_attend)
+
     _add_convert(sub)
+    for subcommand in sub.choices.values():  # -q / -v after the subcommand too (absent: the global value)
+        _add_verbosity(subcommand, default=argparse.SUPPRESS)
     return parser
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("qwenvl-min")
+    except metadata.PackageNotFoundError:
+        return "(not installed: running from a source tree)"
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-q", "--quiet", action="count", default=default, help="warnings and errors only, no progress bars"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="debug detail on stderr")
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """INFO by default; each -q one level up (WARNING, ERROR), -v down to DEBUG."""
+    steps = getattr(args, "quiet", 0) - getattr(args, "verbose", 0)
+    return min(logging.ERROR, max(logging.DEBUG, logging.INFO + 10 * steps))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # status and progress through the package logger, to the stderr of this call; restored afterwards so
+    # that a program calling main() keeps its own logging setup
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    before = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(_log_level(args))
+    logger.propagate = False
+    try:
+        return _run_command(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         with terminate_as_exception():
             return int(args.func(args))

@@ -4,7 +4,9 @@ window summaries, loading a checkpoint (HF or converted), and the error type the
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from torch import Tensor
 from .budget import DEFAULT_MAX_VISION_TOKENS
 from .checkpoint_settings import VisionSettings, image_settings, video_settings
 from .config import Config
+from .devices import DeviceError, check_device
 from .geometry import window_layout
 from .model import QwenVL
 from .processor import (
@@ -27,6 +30,7 @@ from .processor import (
 from .validate import guard_finite_hidden_states
 from .weights_convert.safetensors_io import header_sha256
 
+log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
@@ -148,10 +152,23 @@ def load_model(path: str, dtype: str | None, device: str, verify: bool = False) 
     from .weights_convert.checkpoint import CheckpointError
 
     try:
+        check_device(device)  # before reading any weights
+    except DeviceError as err:
+        raise CliError(str(err)) from None
+    started = time.perf_counter()
+    try:
         model = from_pretrained(
             path, dtype="auto" if dtype is None else DTYPES[dtype], device=device, verify=verify
         )
     except CheckpointError as err:
         raise CliError(str(err)) from err
     guard_finite_hidden_states(model)
+    log.debug(
+        "loaded %s (%s, %s, %s) in %.1f s",
+        model.checkpoint_dir,
+        model.config.model_type,
+        model.text.embed_tokens.weight.dtype,
+        device,
+        time.perf_counter() - started,
+    )
     return model

@@ -15,6 +15,13 @@ stopped row never influences anything. Decoding ends when every row has stopped 
 Sampling: temperature 0 is greedy (argmax, first index on ties, as transformers). Otherwise logits / T,
 then optional top-k, then optional top-p (nucleus: the smallest set of most likely tokens whose probability
 reaches top_p), then one draw from a `torch.Generator` seeded with `seed` (the global RNG when seed is None).
+
+Reading internals while generating: `generate` and `stream` run ordinary forwards of the model, so taps
+opened around them fire on every call; `keep="all"` keeps each call's values apart (call 0 the prefill,
+call k the decode step whose logits pick new token k; see `qwenvl_min.taps`):
+
+    with model.taps(read=["text.layers.3.attn.probs"], keep="all") as taps:
+        new = generate(model, **batch, max_new_tokens=8)
 """
 
 from __future__ import annotations

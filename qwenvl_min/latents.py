@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import sys
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from .faults import pause_point
 from .fs import ExclusiveLock, LockedError, write_atomic
 from .parallel.entry import all_gather_objects, share
 from .parallel.launch import init_distributed, launched_distributed
+from .progress import progress_bar
 from .taps import SegmentMaps, TapError, Taps
 from .weights_convert.safetensors_io import (
     DTYPE_NAMES,
@@ -47,6 +48,7 @@ from .weights_convert.safetensors_io import (
     write_safetensors,
 )
 
+log = logging.getLogger(__name__)
 LOCK_NAME = ".latents.lock"
 _FATAL_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -148,14 +150,14 @@ def cmd_latents(args: argparse.Namespace) -> int:
         raise CliError(problem)
     try:
         if context is None:
-            return _summarize(out, [_run(args, model, names, inputs, out)])
+            return _summarize(out, [_run(args, model, names, inputs, out)], args.json)
         dist.barrier()  # rank 0 has cleaned stale temporary files before anyone writes
         try:
             result = _run(args, model, names, share(inputs, context), out, progress=context.is_main)
         except CliError as err:  # stop together at the end instead of leaving the others waiting
             result = (0, 0, [], str(err))
         results = all_gather_objects(result)
-        return _summarize(out, results) if context.is_main else _status(results)
+        return _summarize(out, results, args.json) if context.is_main else _status(results)
     finally:
         if lock is not None:
             lock.release()
@@ -187,10 +189,23 @@ def _status(results: list[Result]) -> int:
     return 1 if any(r[2] for r in results) else 0
 
 
-def _summarize(out: Path, results: list[Result]) -> int:
-    """One summary line for all ranks, then every failure; raises the first fatal error."""
+def _summarize(out: Path, results: list[Result], as_json: bool = False) -> int:
+    """One summary for all ranks (a line, then every failure; or one JSON object, schema in docs/cli.md);
+    raises the first fatal error."""
     written, skipped = sum(r[0] for r in results), sum(r[1] for r in results)
     failed = [f for r in results for f in r[2]]
+    if as_json:
+        fatal = next((r[3] for r in results if r[3]), None)
+        summary = {
+            "out": str(out),
+            "written": written,
+            "skipped": skipped,
+            "failed": [{"input": str(path), "error": why} for path, why in failed],
+            "ranks": len(results),
+            "fatal": fatal,
+        }
+        print(json.dumps(summary))
+        return _status(results)
     ranks = f" on {len(results)} ranks" if len(results) > 1 else ""
     print(f"latents: {written} written, {skipped} skipped (already in {out}), {len(failed)} failed{ranks}")
     for path, why in failed:
@@ -201,12 +216,11 @@ def _summarize(out: Path, results: list[Result]) -> int:
 def _run(
     args: argparse.Namespace, model, names: list[str], inputs: list[Path], out: Path, progress: bool = True
 ) -> Result:
-    from tqdm import tqdm
-
     settings = _settings(args, names, model.checkpoint_dir)
     device = model.text.embed_tokens.weight.device
     written, skipped, failed = 0, 0, []
-    bar = tqdm(inputs, unit="input", disable=args.no_progress or not progress, file=sys.stderr)
+    # on a terminal only, and not with -q (qwenvl_min.progress); never on the other ranks
+    bar = progress_bar(inputs, unit="input", enabled=False if args.no_progress or not progress else None)
     for path in bar:
         target = out / f"{path.stem}.safetensors"
         if target.exists() or target.is_symlink():
@@ -244,7 +258,7 @@ def _run(
             }
         except (OSError, ValueError, ImportError) as err:
             failed.append((path, f"{type(err).__name__}: {err}"))
-            tqdm.write(f"failed: {path}: {err}", file=sys.stderr)
+            log.warning("failed: %s: %s", path, err)
             continue
         try:
             _write_atomic(target, tensors, metadata)

@@ -101,10 +101,16 @@ class QwenVL(nn.Module):
 
         return from_pretrained(path_or_hub_id, dtype=dtype, device=device)
 
-    def taps(self, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None) -> Taps:
+    def taps(
+        self,
+        read: Iterable[str] = (),
+        replace: Mapping[str, Replacement] | None = None,
+        keep: str = "last",
+    ) -> Taps:
         """Read / replace internal tensors by name for the forwards run inside `with model.taps(...) as t:`;
-        `t.cache` holds what was read (see `qwenvl_min.taps`)."""
-        return Taps(self, read, replace)
+        `t.cache` holds what the last forward read, `t.calls` every forward's with keep="all" (see
+        `qwenvl_min.taps`)."""
+        return Taps(self, read, replace, keep)
 
     def tap_names(self) -> list[str]:
         return tap_names(self)

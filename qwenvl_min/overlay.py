@@ -45,10 +45,21 @@ def _scale_for(width: int, height: int) -> int:
     return max(1, min(4, round(640 / max(width, height))))
 
 
+CAPTION_FONT, CAPTION_LINE, CAPTION_MIN_WIDTH = 14, 18, 420
+
+
+def caption_size(image_size: tuple[int, int], lines: list[str]) -> tuple[int, int]:
+    """(width, height) of an image of `image_size` with `lines` of caption under it: wide enough for the
+    longest line, and never narrower than CAPTION_MIN_WIDTH."""
+    font = _font(CAPTION_FONT)
+    text = max((int(np.ceil(font.getlength(line))) + 12 for line in lines), default=0)
+    return max(image_size[0], CAPTION_MIN_WIDTH, text), image_size[1] + 8 + CAPTION_LINE * len(lines)
+
+
 def _with_caption(image: Image.Image, lines: list[str]) -> Image.Image:
-    font = _font(14)
-    line_height = 18
-    out = Image.new("RGB", (max(image.width, 420), image.height + 8 + line_height * len(lines)), (24, 24, 28))
+    font = _font(CAPTION_FONT)
+    line_height = CAPTION_LINE
+    out = Image.new("RGB", caption_size(image.size, lines), (24, 24, 28))
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
@@ -145,3 +156,54 @@ def patch_row_index(grid_thw: tuple[int, int, int], row: int, col: int, merge_si
     _, h, w = grid_thw
     coords = patch_coordinates(torch.tensor([[1, h, w]]), merge_size)
     return int(((coords[:, 0] == row) & (coords[:, 1] == col)).nonzero()[0])
+
+
+COLORBAR_WIDTH = 84  # the strip right of a scaled heatmap: the bar and its labels
+_BAR = (8, 26)  # x range of the bar inside the strip
+
+
+def scale_position(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Values -> [0, 1] on the scale vmin..vmax (all 0 when the scale is a single value)."""
+    span = vmax - vmin
+    return np.clip((values - vmin) / span, 0, 1) if span > 0 else np.zeros_like(values, dtype=np.float64)
+
+
+def _colorbar(height: int, vmin: float, vmax: float, background: tuple[int, int, int]) -> Image.Image:
+    """A vertical bar, vmax's colour at the top and vmin's at the bottom, with both values and the middle."""
+    strip = Image.new("RGB", (COLORBAR_WIDTH, height), background)
+    ramp = heat_colors(np.linspace(1, 0, height))  # (height, 3) top = 1
+    bar = np.repeat(ramp[:, None, :], _BAR[1] - _BAR[0], axis=1)
+    strip.paste(Image.fromarray(bar), (_BAR[0], 0))
+    draw = ImageDraw.Draw(strip)
+    font = _font(11)
+    for value, y in ((vmax, 0), ((vmin + vmax) / 2, height // 2 - 6), (vmin, height - 13)):
+        draw.text((_BAR[1] + 4, max(0, y)), f"{value:.3g}", fill=(235, 235, 235), font=font)
+    return strip
+
+
+def draw_scaled_heatmap(
+    frame: np.ndarray,
+    values: np.ndarray,
+    *,
+    vmin: float,
+    vmax: float,
+    patch_size: int = 14,
+    caption: list[str] | None = None,
+    alpha: float = 0.65,
+) -> Image.Image:
+    """Per-patch values (h, w) coloured on the fixed scale vmin..vmax and blended over the resized frame,
+    with a colour bar labelled with the scale's ends on the right and `caption` below.
+
+    Size: (w*P*s + COLORBAR_WIDTH, h*P*s) before the caption (`caption_size`), s = the upscale of small
+    inputs (`_scale_for`)."""
+    base = Image.fromarray(frame).convert("RGB")
+    heat = heat_colors(scale_position(values, vmin, vmax))
+    heat = heat.repeat(patch_size, axis=0).repeat(patch_size, axis=1)
+    blended = Image.blend(base, Image.fromarray(heat), alpha)
+    s = _scale_for(base.width, base.height)
+    blended = blended.resize((base.width * s, base.height * s), Image.Resampling.NEAREST)
+    background = (24, 24, 28)
+    panel = Image.new("RGB", (blended.width + COLORBAR_WIDTH, blended.height), background)
+    panel.paste(blended, (0, 0))
+    panel.paste(_colorbar(blended.height, vmin, vmax, background), (blended.width, 0))
+    return _with_caption(panel, caption or [])

@@ -27,7 +27,18 @@ the modules asked for; outside a `with` block no hook is registered and the forw
         out = model(**inputs)
     taps.cache["text.layers.12"]
 
-Each forward inside the block overwrites what the previous one recorded.
+Each forward inside the block overwrites what the previous one recorded (`keep="last"`, the default).
+`keep="all"` keeps every call: `taps.calls[i]` is what the i-th forward of the whole model recorded
+(`taps.cache` is the latest of them), which is how internals are read during generation:
+
+    with model.taps(read=["text.layers.3.attn.probs"], keep="all") as taps:
+        new = generate(model, **batch, max_new_tokens=8)
+    taps.calls[0]  # the prefill: every prompt position
+    taps.calls[k]  # decode step k (k >= 1): one position, the one whose logits picked new token k
+
+Call 0's logits pick new token 0, so n new tokens take n calls (the last token is never fed back).
+With `keep="all"` only forwards of the model itself count as calls: a value reaching a tap while a
+submodule is called on its own (`model.visual(...)`) is refused, since it belongs to no call.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from .vision import VisionAttention
 
 Replacement = Tensor | SegmentMaps | Callable[[Any], Any]
 INPUT, PROBS = ".input", ".probs"
+KEEP = ("last", "all")
 # names of the first release, before tap names were module paths
 _RENAMED = {
     "vision.pre_merge": "visual.merger.input",
@@ -95,9 +107,18 @@ class Taps:
     """What the forwards inside one `with` block read and replace; `cache` holds what was read."""
 
     def __init__(
-        self, model: nn.Module, read: Iterable[str] = (), replace: Mapping[str, Replacement] | None = None
+        self,
+        model: nn.Module,
+        read: Iterable[str] = (),
+        replace: Mapping[str, Replacement] | None = None,
+        keep: str = "last",
     ) -> None:
+        if keep not in KEEP:
+            raise TapError(
+                f"keep must be one of {KEEP} (the last forward's values, or every call's), got {keep!r}"
+            )
         self.model = model
+        self.keep = keep
         self.read = set(read)
         self.replace = dict(replace or {})
         valid = set(tap_names(model))
@@ -107,6 +128,8 @@ class Taps:
                 "'visual.blocks.3' or 'text.layers.0.attn.probs'; model.tap_names() lists all of them)"
             )
         self.cache: dict[str, Any] = {}
+        self.calls: list[dict[str, Any]] = []  # keep="all": one record per forward of the model
+        self._in_call = False
         self._handles: list[Any] = []
         self._swapped: list[tuple[nn.Module, Any]] = []
 
@@ -114,6 +137,9 @@ class Taps:
         if self._handles or self._swapped:
             raise TapError("this Taps is already active; create a new one with model.taps(...)")
         modules = _tapped_modules(self.model)
+        if self.keep == "all":
+            self._handles.append(self.model.register_forward_pre_hook(self._begin_call))
+            self._handles.append(self.model.register_forward_hook(self._end_call, always_call=True))
         for name in sorted(self.read | set(self.replace)):
             if name.endswith(PROBS) and name.removesuffix(PROBS) in modules:
                 self._swap_attention(name, modules[name.removesuffix(PROBS)])
@@ -131,12 +157,25 @@ class Taps:
             module.attend = attend
         self._handles, self._swapped = [], []
 
+    def _begin_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.cache = {}
+        self.calls.append(self.cache)
+        self._in_call = True
+
+    def _end_call(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._in_call = False
+
     # ---- the one place where a value is recorded and/or replaced ----------------------------------------
     def flow(self, name: str, value: Any) -> Any:
         """Record and/or replace the value passing tap `name`; returns what flows on."""
         if name in self.replace:
             value = _replacement(name, value, self.replace[name])
         if name in self.read:
+            if self.keep == "all" and not self._in_call:
+                raise TapError(
+                    f"tap {name!r} fired outside a forward of the whole model; keep='all' records per "
+                    "model call: call the model itself, or use keep='last' to tap a submodule called alone"
+                )
             self.cache[name] = value
         return value
 

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
-from tqdm import tqdm
 
 from ..config import Config, ConfigError
 from ..faults import pause_point
+from ..progress import progress_bar
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT,
@@ -109,7 +109,7 @@ def convert_checkpoint(
     """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint (local directory or hub id) to our layout at `dst`.
 
     dtype: cast floating tensors (default: keep each source dtype). shard_size: bytes or "5GB"/"2GiB".
-    progress: tqdm bar (None: only on a terminal). Returns the absolute path of `dst`.
+    progress: a bar (None: by `qwenvl_min.progress`'s rule: on a terminal, unless quieted). Returns the absolute path of `dst`.
     """
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
     with Destination(dst, force) as dest:  # locked and checked before a possibly long download
@@ -357,13 +357,13 @@ def _write_staged(
     for item in items:
         dtypes[_torch_name(item.dtype)] = dtypes.get(_torch_name(item.dtype), 0) + 1
     records = []
-    bar = tqdm(
+    bar = progress_bar(  # None: on a terminal, unless the qwenvl_min logger is quieter than INFO
         total=total,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
         desc=f"writing {dest.path.name}",
-        disable=None if progress is None else not progress,
+        enabled=progress,
     )
     with bar:
         for name, shard in zip(names, shards, strict=True):
