@@ -20,6 +20,7 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMIT_ENV = "GPU_CHECK_COMMIT"  # the commit to record when the tree has no .git (see _commit)
 
 
 def use_interpreter_without_cuda() -> None:
@@ -46,21 +47,40 @@ def _commit() -> str | None:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.CalledProcessError):
-        return None
+        # a copy of the tree without git metadata (e.g. a lent GPU machine): the caller may name it
+        return os.environ.get(COMMIT_ENV) or None
     return commit + ("-dirty" if dirty else "")
 
 
+def _driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), or None without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
 def environment() -> dict[str, str | None]:
-    """Device, versions, commit and date of this run (one dict, stored with every result row)."""
-    if torch.cuda.is_available():
+    """Device (with compute capability and driver on CUDA), versions, commit and date of this run (one
+    dict, stored with every result row)."""
+    cuda = torch.cuda.is_available()
+    if cuda:
         device = torch.cuda.get_device_name()
     else:
         device = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return {
         "device": device,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())) if cuda else None,
+        "driver": _driver() if cuda else None,
+        "cuda": torch.version.cuda,
         "torch": torch.__version__,
         "triton": _version("triton"),
         "transformers": _version("transformers"),
+        "liger_kernel": _version("liger-kernel"),
         "python": platform.python_version(),
         "commit": _commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

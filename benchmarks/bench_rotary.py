@@ -8,7 +8,7 @@ Cases: Qwen2.5-VL-7B vision 2D-RoPE (16 heads x 80 for q and k, fp32 tables, bf1
 Providers: ours-triton (the public call, out of place), ours-triton-inplace, triton:<variant> (every
 rotary variant in `qwenvl_min.kernels._registry`, launched directly), torch (`qwenvl_min.rope.apply_rotary`),
 hf (transformers' `apply_rotary_pos_emb_vision` / `apply_rotary_pos_emb`), liger (its M-RoPE, in place;
-only when liger-kernel imports). Metrics: median microseconds and effective GB/s, counting q and k read
+a row saying why when liger-kernel does not import). Metrics: median microseconds and effective GB/s, counting q and k read
 and written once and the cos/sin tables read once.
 
 Agreement, the same rule for every row: against an fp32 rotation of the same inputs, each element must
@@ -89,19 +89,21 @@ def _variant(name: str, q, k, cos, sin) -> Callable:
     return run
 
 
-def providers(case: Case) -> dict[str, Provider]:
+def providers(case: Case) -> dict[str, Provider | Unavailable]:
     q, k, cos, sin = case["q"], case["k"], case["cos"], case["sin"]
     promoted = torch.promote_types(q.dtype, cos.dtype)  # torch's rule, and ours
+    q_scratch, k_scratch = q.clone(), k.clone()  # what the in-place rows rotate while timed
 
     def same(fn: Callable, compute: torch.dtype = promoted, ours: bool = False) -> Provider:
         return Provider(fn, fn, compute, ours)
 
     out: dict[str, Provider] = {
         "ours-triton": same(lambda: apply_rotary(q, k, cos, sin), ours=True),
-        # timing rotates the same buffers again on every call (no copies in the timed region)
+        # timing rotates private copies again on every call (no copies in the timed region, and the
+        # case's q, k stay as they are for the rows after this one)
         "ours-triton-inplace": Provider(
             lambda: apply_rotary(q.clone(), k.clone(), cos, sin, inplace=True),
-            lambda: apply_rotary(q, k, cos, sin, inplace=True),
+            lambda: apply_rotary(q_scratch, k_scratch, cos, sin, inplace=True),
             promoted,
             ours=True,
         ),
@@ -119,18 +121,31 @@ def providers(case: Case) -> dict[str, Provider]:
                 for x in hf.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), *full)
             )
         )
-        liger = _liger_mrope(case)
-        if liger is not None:
-            out["liger"] = liger
+        out["liger"] = _liger_mrope(case)
     return out
 
 
-def _liger_mrope(case: Case) -> Provider | None:
-    """liger-kernel's M-RoPE: per-axis full-width cos/sin (3, B, T, D); rotates q/k in place."""
+@dataclass(frozen=True)
+class Unavailable:
+    """A provider that cannot run here, and why (reported in its row, never dropped silently)."""
+
+    reason: str
+
+
+def liger_mrope_function() -> tuple[type | None, str | None]:
+    """(liger-kernel's M-RoPE autograd function, None), or (None, why it cannot be used)."""
     try:
         from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
-    except ImportError:
-        return None
+    except ImportError as error:
+        return None, f"liger-kernel is not importable ({error}); install its wheel (make gpu-wheels)"
+    return LigerQwen2VLMRopeFunction, None
+
+
+def _liger_mrope(case: Case) -> Provider | Unavailable:
+    """liger-kernel's M-RoPE: per-axis full-width cos/sin (3, B, T, D); rotates q/k in place."""
+    function, reason = liger_mrope_function()
+    if function is None:
+        return Unavailable(reason)
     inv_freq = rope.inverse_frequencies(128, 1e6).to(case["q"].device)
     angles = case["positions"].float()[..., None] * inv_freq  # (3, B, T, 64)
     angles = torch.cat((angles, angles), -1)
@@ -138,11 +153,12 @@ def _liger_mrope(case: Case) -> Provider | None:
     q, k = case["q"].transpose(1, 2), case["k"].transpose(1, 2)  # (B, H, T, D) views
 
     def check():
-        q_rot, k_rot = LigerQwen2VLMRopeFunction.apply(q.clone(), k.clone(), cos, sin, [16, 24, 24], 1)
+        q_rot, k_rot = function.apply(q.clone(), k.clone(), cos, sin, [16, 24, 24], 1)
         return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
 
-    # liger computes in its tables' dtype, here the activation dtype
-    return Provider(check, lambda: LigerQwen2VLMRopeFunction.apply(q, k, cos, sin, [16, 24, 24], 1), q.dtype)
+    # liger computes in its tables' dtype, here the activation dtype; timed in place on private copies
+    q_scratch, k_scratch = q.clone(), k.clone()
+    return Provider(check, lambda: function.apply(q_scratch, k_scratch, cos, sin, [16, 24, 24], 1), q.dtype)
 
 
 def bytes_moved(case: Case) -> int:
@@ -173,7 +189,8 @@ def magnitude(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return x * c + torch.cat((x[..., half:], x[..., :half]), -1) * s
 
 
-def run(cases: list[Case], timed: bool) -> list[dict]:
+def run(cases: list[Case], timed: bool, timer: Callable[[Callable], float] = bench_us) -> list[dict]:
+    """One row per (case, provider); `timer(fn)` returns microseconds (CUDA events by default)."""
     rows = []
     for case in cases:
         q, k, cos, sin = case["q"], case["k"], case["cos"], case["sin"]
@@ -182,6 +199,9 @@ def run(cases: list[Case], timed: bool) -> list[dict]:
         torch_ref = rope.apply_rotary(q, k, cos, sin)
         for name, provider in providers(case).items():
             row = dict(case=case["name"], provider=name, dtype=str(q.dtype).removeprefix("torch."))
+            if isinstance(provider, Unavailable):
+                rows.append({**row, "ours": False, "unavailable": provider.reason})
+                continue
             row["compute"], row["ours"] = str(provider.compute).removeprefix("torch."), provider.ours
             try:
                 got = provider.check()
@@ -193,7 +213,7 @@ def run(cases: list[Case], timed: bool) -> list[dict]:
                 row["agrees"] = all(bool((e <= coefficient * m + tiny).all()) for e, m in zip(errors, scales))
                 row["equals_torch"] = all(torch.equal(x, y) for x, y in zip(got, torch_ref))
                 if timed:
-                    row["us"] = bench_us(provider.timed)
+                    row["us"] = timer(provider.timed)
                     row["GB/s"] = bytes_moved(case) / row["us"] / 1e3
             except Exception as error:  # a third-party provider failing is reported in its row, not hidden
                 row["error"] = f"{type(error).__name__}: {error}"
@@ -224,17 +244,24 @@ def main() -> None:
         ]
     rows = run(cases, timed=not quick)
     columns = ["case", "provider", "dtype", "compute", "us", "GB/s", "max_abs_diff", "agrees", "equals_torch"]
-    print_table(rows, [*columns, "error"])
+    print_table(rows, [*columns, "error", "unavailable"])
     env = environment()
     if not quick or args.out:
         print("wrote", write_results("rotary", rows, env, mode="quick" if quick else "timed", path=args.out))
     # the rule holds for every correct provider: any row outside it is a finding; an error is one for
     # our rows (a third-party baseline that fails to run is reported in its row)
-    bad = [r for r in rows if r["ours"] or "error" not in r if not r.get("agrees")]
-    # compiled, ours is torch's rule exactly (kernels/_rotary.py); interpreted bf16 casts truncate
-    bad += [r for r in rows if r["ours"] and not INTERPRETED and not r.get("equals_torch")]
+    bad = findings(rows)
     if bad:
         raise SystemExit(f"rows outside the agreement rule: {bad}")
+
+
+def findings(rows: list[dict]) -> list[dict]:
+    """Rows that break the agreement rule: any provider that ran, and our rows even when they raised;
+    compiled, ours must also equal torch's rule exactly (kernels/_rotary.py; interpreted bf16 casts
+    truncate). A third-party baseline that fails to run or is unavailable is reported in its row."""
+    ran = [r for r in rows if "unavailable" not in r]
+    bad = [r for r in ran if r["ours"] or "error" not in r if not r.get("agrees")]
+    return bad + [r for r in ran if r["ours"] and not INTERPRETED and not r.get("equals_torch")]
 
 
 if __name__ == "__main__":

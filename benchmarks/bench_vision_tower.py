@@ -75,8 +75,14 @@ class PeakMemory:
 
 
 def build_towers(
-    preset: str, device: torch.device, with_ours: bool = True
+    preset: str,
+    device: torch.device,
+    with_ours: bool = True,
+    dtype: torch.dtype = torch.float32,
+    kernels: str | None = None,
 ) -> tuple[torch.nn.Module, VisionTower | None, Config]:
+    """transformers' tower with random weights (built on `device`, in `dtype`) and ours holding the same
+    tensors through our key mapping; `kernels` as `VisionTower`'s."""
     import transformers
 
     config = Config.preset(preset)
@@ -89,7 +95,8 @@ def build_towers(
         hf_cls = transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel
     hf_cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    hf = hf_cls(hf_cfg).to(device).eval()
+    with torch.device(device):  # random init where the weights live (fast on a GPU)
+        hf = hf_cls(hf_cfg).to(dtype).eval()
     if not with_ours:
         return hf, None, config
     state = {hf_key_to_ours("visual." + k): v for k, v in hf.state_dict().items()}
@@ -99,7 +106,7 @@ def build_towers(
         if k is not None
     }
     with torch.device("meta"):
-        ours = VisionTower(config.vision)
+        ours = VisionTower(config.vision, kernels)
     ours.load_state_dict(state, strict=True, assign=True)  # shares HF's tensors: no second copy
     return hf, ours.eval(), config
 

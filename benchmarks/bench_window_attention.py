@@ -51,9 +51,7 @@ SCALE = HEAD_DIM**-0.5
 def layer_case(px: int, layer: str, dtype: torch.dtype, device: str, heads: int = HEADS) -> dict:
     side = px // 14
     grid = torch.tensor([[1, side, side]])
-    lengths = (
-        window_layout(grid, window_merged=4, merge_size=2)[1] if layer == "window" else frame_lengths(grid)
-    )
+    lengths = window_layout(grid, window_merged=4, merge=2)[1] if layer == "window" else frame_lengths(grid)
     n = sum(lengths)
     qkv = torch.randn(n, 3, heads, HEAD_DIM, device=device, dtype=dtype)  # fused projection output
     q, k, v = qkv.unbind(1)
@@ -78,18 +76,29 @@ def _hf_per_window(q, k, v, lengths):
 # keyword), and non-causal by default.
 
 
-def _torch_varlen() -> Callable | None:
-    """PyTorch's FlashAttention-2 varlen kernel (CUDA only)."""
+def torch_varlen() -> tuple[Callable | None, str]:
+    """PyTorch's own FlashAttention-2 varlen kernel (CUDA only), found by feature: (fn, the API used) or
+    (None, why there is none). The public `torch.nn.attention.varlen.varlen_attn` where this torch has
+    it, else the aten op that takes cumulative sequence lengths; never a silent substitute."""
     try:
         from torch.nn.attention.varlen import varlen_attn
+    except ImportError as error:
+        public = f"torch.nn.attention.varlen.varlen_attn not in torch {torch.__version__} ({error})"
+    else:
 
-        return lambda q, k, v, cu, m: varlen_attn(q, k, v, cu, cu, m, m)
-    except ImportError:
-        pass
+        def public_varlen(q, k, v, cu, m):
+            return varlen_attn(q, k, v, cu, cu, m, m)
+
+        return public_varlen, "torch.nn.attention.varlen.varlen_attn"
     op = getattr(torch.ops.aten, "_flash_attention_forward", None)
     if op is None:
-        return None
-    return lambda q, k, v, cu, m: op(q, k, v, cu, cu, m, m, 0.0, False, False)[0]
+        return None, f"{public}; torch.ops.aten._flash_attention_forward does not exist either"
+
+    def aten_varlen(q, k, v, cu, m):
+        # (out, lse, philox seed, philox offset, debug mask); dropout 0, non-causal, no debug mask
+        return op(q, k, v, cu, cu, m, m, 0.0, False, False)[0]
+
+    return aten_varlen, f"torch.ops.aten._flash_attention_forward ({public})"
 
 
 def _flash_attn() -> Callable | None:
@@ -124,7 +133,7 @@ def providers(case: dict, cuda: bool) -> dict[str, Callable[[], torch.Tensor]]:
         "hf-per-window": lambda: _hf_per_window(q, k, v, case["lengths"]),
     }
     if cuda:
-        for name, make in (("torch-varlen-flash", _torch_varlen), ("flash-attn", _flash_attn)):
+        for name, make in (("torch-varlen-flash", lambda: torch_varlen()[0]), ("flash-attn", _flash_attn)):
             fn = make()
             if fn is not None:
                 # these kernels want contiguous (N, H, D) inputs: copy once, outside the timed region
