@@ -152,12 +152,15 @@ def rotary_launch(
 
 def aot_cases() -> list[tuple[str, tuple]]:
     """Arguments of `rotary_launch` (after the kernel) covering every compute dtype family and both
-    layouts: bf16 with fp32 tables (vision), fp16 and bf16 with same-dtype tables (text M-RoPE)."""
+    layouts: bf16 and fp32 with fp32 tables (vision), fp16, bf16 and fp32 with same-dtype tables (text
+    M-RoPE). The GPU check launches a subset of these (tests/test_gpu_check_aot.py)."""
     cases = []
     for dtype, table_dtype, lead, head_dim, conjugate in (
         (torch.bfloat16, torch.float32, (8,), 80, False),
+        (torch.float32, torch.float32, (8,), 80, False),
         (torch.float16, torch.float16, (2, 8), 128, True),
         (torch.bfloat16, torch.bfloat16, (2, 8), 128, False),
+        (torch.float32, torch.float32, (2, 8), 128, False),
     ):
         q, k = torch.empty(*lead, 16, head_dim, dtype=dtype), torch.empty(*lead, 2, head_dim, dtype=dtype)
         table = torch.empty(*lead, head_dim // 2, dtype=table_dtype)
