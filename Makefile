@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean-venv
+.PHONY: demo test lint install clean-venv gpu-wheels gpu-check-dry-run
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The GPU check (docs/benchmarks.md, "GPU check"): liger-kernel's wheel for the machine without an index
+# (carried in .wheels/), and the CPU dry run of every step.
+gpu-wheels:
+	$(PYTHON) benchmarks/gpu_check.py --fetch-wheels
+
+gpu-check-dry-run: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run
