@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,12 +125,32 @@ class Run:
         if self.dry_run:
             details["project"] = "skipped-by-dry-run: the dry run uses the checkout this python already has"
         else:
-            argv = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "-e", str(REPO)]  # fmt: skip
-            status, text = self.call("install project", argv, deadline - time.monotonic())
-            if status != 0:
-                return "failed", {**details, "project": f"pip install -e . failed ({status}): {text[-2000:]}"}
-            details["project"] = "installed (editable, --no-deps)"
+            pip = [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+            ]
+            status, text = self.call("install project", [*pip, "-e", str(REPO)], deadline - time.monotonic())
+            details["project"] = "installed editable (--no-deps) into this python"
+            if status != 0:  # e.g. a read-only environment: a copy of this tree into a private folder
+                site = self.work / "project"
+                argv = [*pip, "--target", str(site), str(REPO)]
+                status, second = self.call(
+                    "install project (private folder)", argv, deadline - time.monotonic()
+                )
+                if status != 0:
+                    return "failed", {
+                        "project": f"pip install failed: -e: {text[-1500:]}; --target: {second[-1500:]}"
+                    }
+                self.add_path(site)
+                details["project"] = (
+                    f"installed a copy into a private folder (pip install -e . failed: {text[-500:]})"
+                )
         details["liger_kernel"] = self.install_liger(deadline)
         # where qwenvl_min imports from (this checkout, or the install is wrong) and the environment
         probe = ("import sys, json; sys.path.insert(0, 'benchmarks'); import _common, qwenvl_min.kernels as k; "
@@ -138,7 +159,7 @@ class Run:
         if status != 0:
             return "failed", {**details, "environment": text[-2000:]}
         env = json.loads(text.strip().splitlines()[-1])
-        if not env.pop("kernels_from").startswith(str(REPO)):
+        if not env.pop("kernels_from").startswith((str(REPO), str(self.work))):
             return "failed", {**details, "import": f"qwenvl_min does not import from {REPO}: {text[-2000:]}"}
         self.summary["env"] = env
         if not self.dry_run:
@@ -156,13 +177,17 @@ class Run:
         status, text = self.call("install liger", argv, deadline - time.monotonic())
         if status != 0:
             return f"absent: installing {wheels[-1].name} failed ({status}): {text[-1000:]}"
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), self.env.get("PYTHONPATH")]))
+        self.add_path(site)
         note = (
             ""
             if wheels[-1].name.startswith(f"liger_kernel-{LIGER_VERSION}-")
             else f" (pinned {LIGER_VERSION})"
         )
         return f"installed {wheels[-1].name} into a private folder{note}"
+
+    def add_path(self, folder: Path) -> None:
+        """Put `folder` first on the steps' PYTHONPATH."""
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), self.env.get("PYTHONPATH")]))
 
     def kernel_tests(self, step: Step) -> tuple[str, dict]:
         xml = self.out / f"{self.prefix}-kernel-tests.xml"
@@ -232,6 +257,12 @@ class Run:
         (self.out / f"{self.prefix}.log").write_text("".join(self.log_lines))
 
     def run(self) -> bool:
+        try:
+            return self.run_steps()
+        finally:  # step JSONs are in the summary; the private install folders go with the run
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def run_steps(self) -> bool:
         for step in STEPS:
             print(f"== {step.name} (timeout {self.timeout_s(step)} s)", flush=True)
             start = time.monotonic()
