@@ -7,19 +7,23 @@ from .model import ForwardOutput, QwenVL
 from .positions import get_rope_index
 from .taps import SegmentMaps, Taps, tap_names
 from .text import KVCache
+from .vision_messages import PreparedVision, SampledVideo, prepare_vision
 
 __all__ = [
     "Config",
     "ConfigError",
     "ForwardOutput",
     "KVCache",
+    "PreparedVision",
     "Processor",
     "QwenVL",
+    "SampledVideo",
     "SegmentMaps",
     "Taps",
     "TextConfig",
     "VisionConfig",
     "get_rope_index",
     "load",
+    "prepare_vision",
     "tap_names",
 ]

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .cli_support import (
     CliError,
+    VideoFlags,
     checkpoint_fingerprint,
     is_video,
     load_model,
@@ -89,6 +90,10 @@ def _settings(args: argparse.Namespace, names: list[str], checkpoint_dir: Path) 
         "dtype": args.dtype or "stored",
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
+        "fps": args.fps,
+        "num_frames": args.num_frames,
+        "max_frames": args.max_frames,
+        "total_pixels": args.total_pixels,
     }
 
 
@@ -223,7 +228,12 @@ def _run(
             continue
         try:
             vision = preprocess(
-                path, args.min_pixels, args.max_pixels, args.max_vision_tokens, model.checkpoint_dir
+                path,
+                args.min_pixels,
+                args.max_pixels,
+                args.max_vision_tokens,
+                model.checkpoint_dir,
+                VideoFlags.from_args(args),
             )
             ids = vision_prompt(model.config, vision).to(device)
             with torch.inference_mode(), model.taps(read=names) as taps:

@@ -9,3 +9,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The qwen-vl-utils comparison counts, when that parity test ran (tests/test_qwen_vl_utils_parity.py)."""
+    import sys
+
+    oracle = sys.modules.get("qwen_vl_utils_oracle")
+    if oracle is not None and oracle.TALLY["compared"]:
+        tally = oracle.TALLY
+        terminalreporter.write_line(
+            f"qwen-vl-utils parity: {tally['compared']} cases compared, {tally['equal']} equal"
+        )
