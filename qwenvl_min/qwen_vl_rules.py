@@ -40,7 +40,7 @@ def fit_size(height: int, width: int, factor: int, min_pixels: float, max_pixels
 
     Differences from HF's smart_resize (`qwenvl_min.processor.smart_resize`): the rounded sides start at
     >= factor (HF lets a side round to 0 and then upscales the whole image), so a 10x2000 image becomes
-    28x2016 here and 28x812 there. qwen-vl-utils can also floor a thin image's short side to 0 when it
+    28x1988 here and 28x812 there. qwen-vl-utils can also floor a thin image's short side to 0 when it
     scales down (then PIL refuses the resize); we keep it at `factor` instead, as HF does.
     """
     if min(height, width) <= 0:
@@ -149,11 +149,11 @@ def frame_pixel_budget(
 
 def resize_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (height, width, 3) uint8: antialiased bicubic on fp32, clamped, rounded."""
-    frame = np.ascontiguousarray(frame) if frame.flags.writeable else np.array(frame)  # torch wants writable
-    # (1, 3, H, W), contiguous: on a channels-last view interpolate takes a path ~30x slower (same values)
-    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float().contiguous()
-    x = torch.nn.functional.interpolate(
-        x, size=(height, width), mode="bicubic", align_corners=False, antialias=True
-    )
-    x = x.clamp(0, 255).round().to(torch.uint8)
-    return x[0].permute(1, 2, 0).contiguous().numpy()  # (height, width, 3)
+    # channels first and contiguous while still uint8 (the cheap copy); interpolate on a channels-last
+    # view takes a path many times slower (same values)
+    x = torch.from_numpy(np.array(frame, copy=not frame.flags.writeable)).permute(2, 0, 1).contiguous()
+    y = torch.nn.functional.interpolate(
+        x[None].float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True
+    )  # (1, 3, height, width) fp32
+    y = y.clamp_(0, 255).round_().to(torch.uint8)
+    return y[0].permute(1, 2, 0).contiguous().numpy()  # (height, width, 3)

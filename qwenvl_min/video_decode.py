@@ -112,6 +112,7 @@ def read_frames(
     transform: FrameTransform,
     *,
     stop_after: int | None = None,
+    seek: bool = True,
 ) -> tuple[list[Any], int | None]:
     """Decode `header.path` once and return ([transform(frame i) for i in indices], frame count).
 
@@ -119,21 +120,23 @@ def read_frames(
     and runs to the end of the stream, or stops after frame `stop_after` (a range's last frame). The
     count is the number of frames in the stream when decoding reached its end, else None (not known).
     Indices past the real end are missing from the result: the caller compares the count and re-chooses.
+    A seek that lands past indices[0] (a container with a poor index) is retried from the start.
     """
     av = _av()
     wanted = list(indices)
     if any(b <= a for a, b in zip(wanted, wanted[1:])) or (wanted and wanted[0] < 0):
         raise ValueError("frame indices must be ascending, distinct and >= 0")
     keep = set(wanted)
-    last = stop_after if stop_after is not None else None
+    last = stop_after
     kept: list[Any] = []
     count: int | None = None
+    overshot = False
     expected = (last + 1 if last is not None else header.frames) - (wanted[0] if wanted else 0)
     try:
         with av.open(header.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame threads: same pixels, decoded on every core
-            first = _seek(container, stream, header, wanted[0] if wanted else 0)
+            first = _seek(container, stream, header, wanted[0] if wanted and seek else 0)
             bar = progress_bar(
                 total=max(expected, 1),
                 desc="decoding video",
@@ -145,9 +148,15 @@ def read_frames(
                 index = None
                 for frame in container.decode(stream):
                     # after a seek the first frame's number comes from its time; then frames are counted
-                    index = first(frame) if index is None else index + 1
                     if index is None:
-                        continue  # a frame before the seek target's keyframe could not be placed
+                        index = first(frame)
+                        if index is None:
+                            continue  # a frame without a timestamp cannot be placed after a seek
+                        if wanted and index > wanted[0]:
+                            overshot = True
+                            break
+                    else:
+                        index += 1
                     bar.update(1)
                     if index in keep:
                         kept.append(transform(frame.to_ndarray(format="rgb24")))
@@ -157,6 +166,9 @@ def read_frames(
                     count = 0 if index is None else index + 1
     except av.error.FFmpegError as e:
         raise ValueError(f"could not decode video file {header.path!r} (not a video, or corrupt): {e}") from e
+    if overshot:
+        LOGGER.info("%s: seeking went past frame %d; decoding from the start", header.path, wanted[0])
+        return read_frames(header, wanted, transform, stop_after=stop_after, seek=False)
     return kept, count
 
 

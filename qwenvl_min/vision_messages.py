@@ -62,7 +62,7 @@ FRAME_LIST_KEYS = frozenset({"type", "video", "total_pixels", "sample_fps", *_SI
 DEFAULT_FETCH = FetchLimits()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields yourself
 class SampledVideo:
     """One video after sampling and resizing: the frames the model sees and the rate they stand for."""
 
@@ -75,7 +75,7 @@ class SampledVideo:
     total_frames: int  # frames in the chosen range of the file (a frame list: its padded length)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedVision:
     """The vision items of some chat messages, in order, ready for the prompt builder and the model."""
 
@@ -290,23 +290,32 @@ def _prepare_video_file(
         def transform_for(kept: int) -> Any:
             height, width = _frame_size(item, header.height, header.width, plan["count"], factor)
             budget.take(f"video {source!r}", plan["count"], height, width, patch_size, merge_size)
+            # the kept frames go straight into one array: no list of frames, no copy by np.stack
+            frames = np.empty((kept, height, width, 3), np.uint8)
+            plan["frames"] = frames
 
-            def transform(frame: np.ndarray) -> np.ndarray:
+            def transform(frame: np.ndarray) -> int:
                 if frame.shape[:2] != (header.height, header.width):
                     raise ValueError(
                         f"video {source!r}: a frame is {frame.shape[1]}x{frame.shape[0]}, the stream says "
                         f"{header.width}x{header.height}; re-encode it with one frame size"
                     )
-                return rules.resize_frame(frame, height, width)
+                slot = plan["slot"] = plan.get("slot", -1) + 1
+                frames[slot] = rules.resize_frame(frame, height, width)
+                return slot
 
+            plan["slot"] = -1
             return transform
 
-        unique_frames, unique, _ = read_sampled(header, choose, transform_for)
+        read_sampled(header, choose, transform_for)
     indices = rules.frame_indices(plan["first"], plan["last"], plan["count"])
-    by_index = dict(zip(unique, unique_frames))
+    frames = plan["frames"]
+    if len(set(indices)) != len(indices):  # rounding met twice: repeat that frame
+        position = {index: k for k, index in enumerate(sorted(set(indices)))}
+        frames = frames[[position[i] for i in indices]]
     in_range = plan["last"] - plan["first"] + 1
     return SampledVideo(
-        frames=np.stack([by_index[i] for i in indices]),
+        frames=frames,
         sample_fps=plan["count"] / in_range * header.fps,
         frame_indices=tuple(indices),
         video_fps=header.fps,
@@ -331,17 +340,17 @@ def _prepare_frame_list(
     first = image_source(given[0], limits)
     height, width = _frame_size(item, first.height, first.width, len(padded), factor)
     budget.take("a video given as frames", len(padded), height, width, patch_size, merge_size)
-    resized = []
+    frames = np.empty((len(padded), height, width, 3), np.uint8)
     for k, frame in enumerate(given):
         rgb = first if k == 0 else image_source(frame, limits)
         if rgb.size != first.size:
             raise ValueError(
                 f"all frames of a video must have one size: frame 0 is {first.size}, frame {k} is {rgb.size} (w, h)"
             )
-        resized.append(rules.resize_frame(np.asarray(rgb), height, width))
-    resized += resized[-1:] * (len(padded) - len(given))
+        frames[k] = rules.resize_frame(np.asarray(rgb), height, width)
+    frames[len(given) :] = frames[len(given) - 1]  # qwen-vl-utils' padding to an even count
     return SampledVideo(
-        frames=np.stack(resized),
+        frames=frames,
         sample_fps=sample_fps,
         frame_indices=tuple(min(k, len(given) - 1) for k in range(len(padded))),
         video_fps=None,

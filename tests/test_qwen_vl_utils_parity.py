@@ -82,7 +82,7 @@ def test_fit_size_equals_smart_resize(qvu, h, w, min_tokens, max_tokens):
 IMAGE_CASES = [
     ((480, 640), {}),
     ((20, 20), {}),
-    ((10, 2000), {}),  # ratio 200: qwen-vl-utils keeps 28 x 2016 (HF: 28 x 812)
+    ((10, 2000), {}),  # ratio 200: qwen-vl-utils keeps 28 x 1988 (HF: 28 x 812)
     ((2000, 15), {}),
     ((1000, 1500), {"max_pixels": 256 * 784}),
     ((97, 150), {"min_pixels": 512 * 784}),

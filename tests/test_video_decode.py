@@ -149,3 +149,20 @@ def test_damaged_files(tmp_path):
         probe(path)
     with pytest.raises(ValueError, match="ascending"):
         read_frames(probe(_write(tmp_path / "a.mp4", frames=8)), [3, 3], lambda f: f)
+
+
+def test_a_seek_past_the_target_is_retried_from_the_start(tmp_path, counted, monkeypatch):
+    """A container whose index sends the seek too far: the frame numbers say so, and decoding restarts."""
+    path = _write(tmp_path / "a.mp4", frames=40)
+    real_seek = video_decode._seek
+
+    def bad_seek(container, stream, header, target):
+        number = real_seek(container, stream, header, target)
+        return (lambda frame: number(frame) + 5) if target else number  # lands 5 frames late
+
+    monkeypatch.setattr(video_decode, "_seek", bad_seek)
+    frames, count = read_frames(probe(path), [20, 30], counted["transform"])
+    reference = _all_frames(path)
+    assert (
+        count == 40 and np.array_equal(frames[0], reference[20]) and np.array_equal(frames[1], reference[30])
+    )
