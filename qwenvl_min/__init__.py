@@ -3,6 +3,7 @@
 from .checkpoint_processor import Processor
 from .config import Config, ConfigError, TextConfig, VisionConfig
 from .load import load
+from .media_sources import FetchLimits
 from .model import ForwardOutput, QwenVL
 from .positions import get_rope_index
 from .taps import SegmentMaps, Taps, tap_names
@@ -12,6 +13,7 @@ from .vision_messages import PreparedVision, SampledVideo, prepare_vision
 __all__ = [
     "Config",
     "ConfigError",
+    "FetchLimits",
     "ForwardOutput",
     "KVCache",
     "PreparedVision",

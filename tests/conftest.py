@@ -16,8 +16,9 @@ def pytest_terminal_summary(terminalreporter):
     import sys
 
     oracle = sys.modules.get("qwen_vl_utils_oracle")
-    if oracle is not None and oracle.TALLY["compared"]:
-        tally = oracle.TALLY
-        terminalreporter.write_line(
-            f"qwen-vl-utils parity: {tally['compared']} cases compared, {tally['equal']} equal"
-        )
+    if oracle is None or not oracle.TALLY:
+        return
+    compared = sum(n for n, _ in oracle.TALLY.values())
+    equal = sum(e for _, e in oracle.TALLY.values())
+    kinds = ", ".join(f"{kind} {e}/{n}" for kind, (n, e) in sorted(oracle.TALLY.items()))
+    terminalreporter.write_line(f"qwen-vl-utils parity: {compared} cases compared, {equal} equal ({kinds})")

@@ -37,7 +37,7 @@ import av
 import numpy as np
 import torch
 
-TALLY = {"compared": 0, "equal": 0}  # reported by conftest's terminal summary
+TALLY: dict[str, tuple[int, int]] = {}  # kind -> (cases compared, equal); conftest's summary reports it
 
 
 class InterpolationMode(enum.Enum):

@@ -95,3 +95,33 @@ def test_help_explains_the_precedence(capsys):
     assert "checkpoint's processor config" in text and "lowers that minimum too" in text
     for flag in ("--fps", "--num-frames", "--max-frames", "--total-pixels"):
         assert flag in text
+
+
+def test_latents_of_a_video_record_its_sampling(qvu, checkpoint, clip, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from safetensors import safe_open
+
+    out = tmp_path / "latents"
+    args = [
+        "latents",
+        "--model",
+        str(checkpoint),
+        "--taps",
+        "visual.merger",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main([*args, "--num-frames", "4", "--max-pixels", "20000", clip]) == 0
+    with safe_open(str(out / "clip.safetensors"), "pt") as f:
+        meta = f.metadata()
+    video = qvu.fetch_video(
+        {"type": "video", "video": clip, "nframes": 4, "max_pixels": 20000, "min_pixels": 20000}
+    )
+    assert json.loads(meta["grid_thw"]) == [video.shape[0] // 2, video.shape[2] // 14, video.shape[3] // 14]
+    settings = json.loads(meta["settings"])
+    assert settings["num_frames"] == 4 and settings["video_rules"] == "qwen-vl-utils 0.0.14"
+    capsys.readouterr()
+    assert main([*args, "--num-frames", "6", "--max-pixels", "20000", clip]) == 1  # other frames: not reused
+    assert "num_frames: 4 there, 6 now" in capsys.readouterr().out

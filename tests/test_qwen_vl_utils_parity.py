@@ -35,9 +35,10 @@ def qvu():
     return install()
 
 
-def _tally(equal: bool) -> bool:
-    TALLY["compared"] += 1
-    TALLY["equal"] += bool(equal)
+def _tally(kind: str, equal: bool) -> bool:
+    """Count one compared case of `kind` (the summary line splits the total by kind)."""
+    compared, same = TALLY.get(kind, (0, 0))
+    TALLY[kind] = (compared + 1, same + bool(equal))
     return equal
 
 
@@ -74,7 +75,7 @@ def test_fit_size_equals_smart_resize(qvu, h, w, min_tokens, max_tokens):
     if min(theirs) == 0:  # qwen-vl-utils floors a thin image's short side to 0; we keep one factor
         assert ours == tuple(max(28, s) for s in theirs)
         return
-    assert _tally(ours == theirs)
+    assert _tally("resize rule", ours == theirs)
 
 
 # ---- images -------------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ IMAGE_CASES = [
 def test_images_equal_qwen_vl_utils(qvu, mode, size, options):
     image = Image.fromarray(_noise(*size, 4), "RGBA").convert(mode)
     item = {"type": "image", "image": image, **options}
-    assert _tally(_same_image(_ours_image(item), qvu.fetch_image(item)))
+    assert _tally("images", _same_image(_ours_image(item), qvu.fetch_image(item)))
 
 
 def test_image_sources_equal_qwen_vl_utils(qvu, tmp_path):
@@ -110,9 +111,9 @@ def test_image_sources_equal_qwen_vl_utils(qvu, tmp_path):
     data = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
     for source in (str(path), f"file://{path}", data):
         item = {"type": "image", "image": source, "max_pixels": 100 * 784}
-        assert _tally(_same_image(_ours_image(item), qvu.fetch_image(item)))
+        assert _tally("images", _same_image(_ours_image(item), qvu.fetch_image(item)))
     item = {"type": "image_url", "image_url": str(path)}
-    assert _tally(_same_image(_ours_image(item), qvu.fetch_image(item)))
+    assert _tally("images", _same_image(_ours_image(item), qvu.fetch_image(item)))
 
 
 def test_la_alpha_is_composited_like_rgba(qvu):
@@ -228,14 +229,14 @@ def test_video_files_equal_qwen_vl_utils(qvu, clips, frames, fps, options):
     item = {"type": "video", "video": path, **options}
     video, indices, sample_fps, used = _theirs_video(qvu, dict(item))
     assert used == "torchvision"
-    assert _tally(_same_video(_ours_video(item), video, indices, sample_fps))
+    assert _tally("video files", _same_video(_ours_video(item), video, indices, sample_fps))
 
 
 @pytest.mark.parametrize(("height", "width"), [(32, 32), (36, 100), (64, 48)])
 def test_video_sizes_equal_qwen_vl_utils(qvu, clips, height, width):
     item = {"type": "video", "video": clips(12, 24, height, width)}
     video, indices, sample_fps, _ = _theirs_video(qvu, dict(item))
-    assert _tally(_same_video(_ours_video(item), video, indices, sample_fps))
+    assert _tally("video files", _same_video(_ours_video(item), video, indices, sample_fps))
 
 
 RANGE_CASES = [
@@ -255,7 +256,7 @@ def test_video_ranges_equal_qwen_vl_utils_frame_rule(qvu, clips, frames, fps, op
     with backend(qvu, "decord"):
         video, indices, sample_fps, used = _theirs_video(qvu, dict(item))
     assert used == "decord"
-    assert _tally(_same_video(_ours_video(item), video, indices, sample_fps))
+    assert _tally("video files", _same_video(_ours_video(item), video, indices, sample_fps))
 
 
 def test_qwen_vl_utils_readers_disagree_on_a_start_between_frames(qvu, clips):
@@ -287,9 +288,10 @@ def test_frame_lists_equal_qwen_vl_utils(qvu):
         ours = _ours_video(item)
         theirs = video.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         assert _tally(
+            "frame lists",
             ours.frames.shape == theirs.shape
             and np.array_equal(ours.frames, theirs)
-            and ours.sample_fps == sample_fps
+            and ours.sample_fps == sample_fps,
         )
 
 
@@ -328,6 +330,6 @@ def test_process_vision_info_end_to_end(qvu, clips):
     for mine, video, fps in zip(ours.videos, videos, kwargs["fps"]):
         theirs = video.to(torch.uint8).permute(0, 2, 3, 1).numpy()
         equal &= np.array_equal(mine.frames, theirs) and mine.sample_fps == fps
-    assert _tally(equal)
+    assert _tally("conversations", equal)
     inputs = ours.model_inputs()
     assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(2 / f) for f in kwargs["fps"]]

@@ -286,3 +286,43 @@ def test_batch_of_conversations_keeps_order(tmp_path):
     b = {"type": "image", "image": Image.fromarray(_noise(112, 56))}
     vision = prepare_vision([[{"role": "user", "content": [a]}], [{"role": "user", "content": [b, a]}]])
     assert vision.image_grid_thw.tolist() == [[1, 4, 4], [1, 8, 4], [1, 4, 4]]
+
+
+def test_readme_tour_messages_in_answer_out(tmp_path):
+    """The README's tour on a tiny random checkpoint in the HF layout (its Jinja chat template included):
+    messages with an image path, an image_url and a video -> prepare_vision -> Processor -> generate."""
+    from hf_user_dir import make_user_dir
+
+    from qwenvl_min import QwenVL
+    from qwenvl_min.generate import generate
+
+    directory = tmp_path / "ckpt"
+    make_user_dir(directory, "qwen2_5_vl")
+    model = QwenVL.from_pretrained(directory)
+    processor = Processor.from_pretrained(directory)
+    (tmp_path / "cat.png").write_bytes(_png(56, 84))
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(tmp_path / "cat.png")},
+                {"type": "image_url", "image_url": {"url": f"file://{tmp_path / 'cat.png'}"}},
+                {
+                    "type": "video",
+                    "video": str(_clip(tmp_path / "c.mp4")),
+                    "nframes": 4,
+                    "max_pixels": 56 * 56,
+                },
+                {"type": "text", "text": "What happens in the video?"},
+            ],
+        }
+    ]
+    vision = prepare_vision(messages)
+    text = processor.apply_chat_template(messages)
+    assert text.count("<|image_pad|>") == 2 and text.count("<|video_pad|>") == 1
+    batch = processor(text=text, vision=vision)
+    # 4 of 12 frames at 6 fps: sampled at 2 fps, 2 frames per temporal patch -> 1 s
+    assert batch["video_grid_thw"].tolist() == [[2, 4, 4]] and batch["second_per_grid_ts"].tolist() == [1.0]
+    answer = generate(model, **batch, max_new_tokens=3, temperature=0)
+    assert answer.shape[0] == 1 and 1 <= answer.shape[1] <= 3
+    assert isinstance(processor.tokenizer.decode(answer[0].tolist(), skip_special_tokens=True), str)
