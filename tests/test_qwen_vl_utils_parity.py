@@ -57,7 +57,7 @@ def _same_image(ours: Image.Image, theirs: Image.Image) -> bool:
 # ---- sizes: the resize rule alone ---------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # a stable count to quote
 @given(
     h=st.integers(1, 4000),
     w=st.integers(1, 4000),
