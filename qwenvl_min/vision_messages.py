@@ -276,6 +276,10 @@ def _prepare_video_file(
     sampling = {k: item.get(k) for k in ("fps", "nframes", "min_frames", "max_frames")}
     if sampling["fps"] is not None and sampling["nframes"] is not None:
         raise ValueError("give a video either fps (frames per second to keep) or nframes (a count), not both")
+    if sampling["nframes"] is not None and (sampling["min_frames"] or sampling["max_frames"]) is not None:
+        raise ValueError(
+            "min_frames / max_frames bound the count fps gives; with nframes they would be ignored"
+        )
     with video_file(source, limits) as path:
         header = probe(path)
         plan: dict[str, Any] = {}
@@ -289,7 +293,10 @@ def _prepare_video_file(
 
         def transform_for(kept: int) -> Any:
             height, width = _frame_size(item, header.height, header.width, plan["count"], factor)
-            budget.take(f"video {source!r}", plan["count"], height, width, patch_size, merge_size)
+            budget.refund(plan.get("tokens", 0))  # a second pass (wrong header count) is charged once
+            plan["tokens"] = budget.take(
+                f"video {source!r}", plan["count"], height, width, patch_size, merge_size
+            )
             # the kept frames go straight into one array: no list of frames, no copy by np.stack
             frames = np.empty((kept, height, width, 3), np.uint8)
             plan["frames"] = frames
@@ -364,7 +371,10 @@ class _Budget:
     def __init__(self, max_tokens: int, temporal_patch_size: int) -> None:
         self.left, self.max_tokens, self.temporal = max_tokens, max_tokens, temporal_patch_size
 
-    def take(self, what: str, frames: int, height: int, width: int, patch_size: int, merge_size: int) -> None:
+    def refund(self, tokens: int) -> None:
+        self.left += tokens
+
+    def take(self, what: str, frames: int, height: int, width: int, patch_size: int, merge_size: int) -> int:
         grid_t = -(-frames // self.temporal)
         tokens = grid_t * (height // patch_size) * (width // patch_size) // merge_size**2
         used = self.max_tokens - self.left
@@ -378,6 +388,7 @@ class _Budget:
             video=frames > 1,
         )
         self.left -= tokens
+        return tokens
 
 
 # ---- entry point ------------------------------------------------------------------------------------------

@@ -167,6 +167,10 @@ def test_bad_sources(item, match):
         ),
         ({"type": "video", "video": "x.mp4", "fps": 2, "nframes": 4}, "either fps .* or nframes"),
         (
+            {"type": "video", "video": "x.mp4", "nframes": 4, "max_frames": 8},
+            "with nframes they would be ignored",
+        ),
+        (
             {"type": "image", "image": "x.png", "resized_height": 56},
             "resized_height and resized_width together",
         ),
@@ -326,3 +330,18 @@ def test_readme_tour_messages_in_answer_out(tmp_path):
     answer = generate(model, **batch, max_new_tokens=3, temperature=0)
     assert answer.shape[0] == 1 and 1 <= answer.shape[1] <= 3
     assert isinstance(processor.tokenizer.decode(answer[0].tolist(), skip_special_tokens=True), str)
+
+
+def test_a_wrong_frame_count_is_decoded_again_and_charged_once(tmp_path, monkeypatch):
+    """A header that overstates the frames: chosen again from the decoded count, and the token budget is
+    charged for the second choice only."""
+    import dataclasses
+
+    from qwenvl_min import vision_messages
+
+    path = str(_clip(tmp_path / "c.mp4", frames=12, fps=6))
+    real = vision_messages.probe
+    monkeypatch.setattr(vision_messages, "probe", lambda p: dataclasses.replace(real(p), frames=20))
+    item = {"type": "video", "video": path, "nframes": 4, "max_pixels": 56 * 56}
+    video = _one(item, max_tokens=8).videos[0]  # 2 x 4 x 4 patches / 4 = 8 tokens: exactly the budget
+    assert video.frame_indices == (0, 4, 7, 11) and video.total_frames == 12  # linspace(0, 11, 4)
