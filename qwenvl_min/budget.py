@@ -46,7 +46,7 @@ def check_tokens(
     if tokens <= max_tokens:
         return
     fewer_frames = (
-        " or keep fewer frames (--fps / --num-frames / --max-frames / --total-pixels; in a message fps / "
+        " or sample fewer frames (--fps / --num-frames / --max-frames / --total-pixels; in a message fps / "
         "nframes / max_frames / total_pixels; preprocess_video: sample_fps= / num_frames=)"
         if video
         else ""
