@@ -45,7 +45,12 @@ def check_tokens(
     tokens = grid_t * grid_h * grid_w // merge_size**2
     if tokens <= max_tokens:
         return
-    fewer_frames = " or sample fewer frames (sample_fps= / num_frames=)" if video else ""
+    fewer_frames = (
+        " or sample fewer frames (--fps / --num-frames / --max-frames / --total-pixels; in a message fps / "
+        "nframes / max_frames / total_pixels; preprocess_video: sample_fps= / num_frames=)"
+        if video
+        else ""
+    )
     raise ValueError(
         f"{what} would be {tokens} vision tokens (grid {grid_t}x{grid_h}x{grid_w} patches, "
         f"~{tokens * merge_size**2 * 1176 * 4 / 2**30:.1f} GiB of pixel rows), over the budget of {max_tokens}: "

@@ -35,6 +35,7 @@ from .processor import (
     preprocess_video,
 )
 from .prompts import DEFAULT_SYSTEM_PROMPT, Message, chat_text, encode, load_tokenizer
+from .vision_messages import PreparedVision
 
 VideoInput = Any  # a video file path, a uint8 array (T, H, W, C) or a list of frames
 
@@ -124,11 +125,37 @@ class Processor:
         max_pixels: int | None = None,
         max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
         max_length: int | None = None,
+        vision: PreparedVision | None = None,
     ) -> dict[str, Tensor]:
         """Preprocess media with the settings (min_pixels / max_pixels override both kinds for this call),
         expand each pad to its token count and tokenize (left padded). `fps`: the recording rate of videos
-        given as frames or arrays (files state their own)."""
+        given as frames or arrays (files state their own).
+
+        `vision`: a `prepare_vision(messages)` result instead of images / videos (how HF's processor takes
+        qwen-vl-utils' output): its images and frames are already resized and sampled and are used as they
+        are, with `second_per_grid_ts` from their sampled fps."""
         out: dict[str, Tensor] = {}
+        if vision is not None:
+            if images is not None or videos is not None or fps is not None:
+                raise ValueError(
+                    "pass either vision= (from prepare_vision) or images / videos / fps, not both"
+                )
+            if vision.merge_size != self.image.merge_size or vision.patch_size != self.image.patch_size:
+                raise ValueError(
+                    f"vision was prepared for patch {vision.patch_size} / merge {vision.merge_size}, this "
+                    f"processor uses {self.image.patch_size} / {self.image.merge_size}; call prepare_vision "
+                    "with the processor's sizes"
+                )
+            out = vision.model_inputs()
+            tokens = encode(
+                self.tokenizer,
+                text,
+                image_grid_thw=out.get("image_grid_thw"),
+                video_grid_thw=out.get("video_grid_thw"),
+                merge_size=vision.merge_size,
+                max_length=max_length,
+            )
+            return {**tokens, **out}
         if images is not None:
             image = self._budget(self.image, min_pixels, max_pixels)
             out |= preprocess_image(

@@ -42,9 +42,11 @@ from .cli_support import (
     FAMILIES,
     RELEASED,
     CliError,
+    VideoFlags,
     image_inputs,
     is_video,
     load_model,
+    pixel_range,
     preprocess,
     video_inputs,
     window_summary,
@@ -64,6 +66,7 @@ from .processor import (
     load_rgb,
 )
 from .progress import LOGGER_NAME
+from .qwen_vl_rules import frame_pixel_budget
 from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from .validate import check_sampling
 
@@ -78,7 +81,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     config = Config.preset(RELEASED[args.family])  # only the config: no weights are built
     v = config.vision
     path = Path(args.input)
-    inputs = preprocess(path, args.min_pixels, args.max_pixels, args.max_vision_tokens)
+    flags = VideoFlags.from_args(args)
+    inputs = preprocess(path, args.min_pixels, args.max_pixels, args.max_vision_tokens, flags=flags)
     video = is_video(path)
     grid_key, rows_key = (
         ("video_grid_thw", "pixel_values_videos") if video else ("image_grid_thw", "pixel_values")
@@ -87,8 +91,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     t, h, w = grid[0].tolist()
     tokens = t * h * w // v.merge_size**2
     frames = frames_from_patches(inputs[rows_key], (t, h, w))
-    lo = args.min_pixels if args.min_pixels is not None else (VIDEO_MIN_PIXELS if video else IMAGE_MIN_PIXELS)
-    hi = args.max_pixels if args.max_pixels is not None else (VIDEO_MAX_PIXELS if video else IMAGE_MAX_PIXELS)
+    if video:  # qwen-vl-utils' per-frame budget for this many frames (the total-pixel cap included)
+        low, _ = pixel_range(args.min_pixels, args.max_pixels, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+        lo, hi = frame_pixel_budget(
+            t * v.temporal_patch_size,
+            factor=v.patch_size * v.merge_size,
+            min_pixels=low,
+            max_pixels=args.max_pixels,
+            total_pixels=args.total_pixels,
+        )
+        lo, hi = int(lo), int(hi)
+    else:
+        lo, hi = pixel_range(args.min_pixels, args.max_pixels, IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
     windows = window_summary(config, torch.tensor([[1, h, w]]))
     report: dict[str, Any] = {  # the --json schema (docs/cli.md)
         "input": str(path),
@@ -176,7 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ) from err
     budget = (args.min_pixels, args.max_pixels, args.max_vision_tokens)
     images = [image_inputs(p, *budget, processor.image) for p in args.image]
-    videos = [video_inputs(p, *budget, processor.video) for p in args.video]
+    flags = VideoFlags.from_args(args)
+    videos = [video_inputs(p, *budget, processor.video, flags) for p in args.video]
     vision: dict[str, Tensor] = {}
     if images:
         vision |= concat_outputs(images)
@@ -186,14 +201,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     content.append({"type": "text", "text": args.prompt or ""})
     text = processor.apply_chat_template([{"role": "user", "content": content}])
     tokenizer = processor.tokenizer
-    encoded = encode(
-        tokenizer,
-        text,
-        image_grid_thw=vision.get("image_grid_thw"),
-        video_grid_thw=vision.get("video_grid_thw"),
-        merge_size=config.vision.merge_size,
-        max_length=config.text.max_position_embeddings,
-    )
+    try:
+        encoded = encode(
+            tokenizer,
+            text,
+            image_grid_thw=vision.get("image_grid_thw"),
+            video_grid_thw=vision.get("video_grid_thw"),
+            merge_size=config.vision.merge_size,
+            max_length=config.text.max_position_embeddings,
+        )
+    except ValueError as err:
+        if "tokens long, over the limit" not in str(err):
+            raise
+        raise CliError(f"{str(err).split(';')[0]}; {FEWER_TOKENS}, or shorten --prompt") from err
     stops = model.generation_settings.stop_token_ids  # the checkpoint's eos ids when it says
     if stops is None:
         stops = [
@@ -241,18 +261,54 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 # ---- entry point ------------------------------------------------------------------------------------------
 
 
+FEWER_TOKENS = (
+    "use fewer vision tokens: --max-pixels (images and video frames), --fps / --num-frames / --max-frames / "
+    "--total-pixels (videos)"
+)
+
+
 def _add_pixel_budget(parser: argparse.ArgumentParser) -> None:
+    """The size flags (per kind: a flag given wins over the checkpoint's processor config, which wins over
+    the library default) and the video sampling flags (qwen-vl-utils' rules unless given)."""
     parser.add_argument(
         "--min-pixels",
         type=int,
         default=None,
-        help="smallest resized area (default: the processor's, per kind)",
+        help="smallest resized area of an image / a video frame (default per kind: the checkpoint's "
+        "processor config for images, else 56*56; 128*28*28 for video frames)",
     )
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=None,
-        help="largest resized area (default: the processor's, per kind)",
+        help="largest resized area of an image / a video frame (default per kind: the checkpoint's "
+        "processor config for images, else 1280*28*28; 768*28*28 for video frames, less for long videos); "
+        "below a kind's default minimum it lowers that minimum too",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="video frames kept per second (default 2, as qwen-vl-utils; not with --num-frames)",
+    )
+    parser.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="keep this many video frames, evenly spaced, first and last included (rounded to even)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="at most this many video frames with --fps (default 768)",
+    )
+    parser.add_argument(
+        "--total-pixels",
+        type=int,
+        default=None,
+        help="pixel budget of all frames of a video together: long videos get smaller frames (default "
+        "0.9*128000*28*28, qwen-vl-utils' cap)",
     )
     parser.add_argument(
         "--max-vision-tokens",

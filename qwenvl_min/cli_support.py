@@ -3,11 +3,13 @@ window summaries, loading a checkpoint (HF or converted), and the error type the
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,9 +27,9 @@ from .processor import (
     VIDEO_MAX_PIXELS,
     VIDEO_MIN_PIXELS,
     preprocess_image,
-    preprocess_video,
 )
 from .validate import guard_finite_hidden_states
+from .vision_messages import prepare_vision
 from .weights_convert.safetensors_io import header_sha256
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,32 @@ def is_video(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+@dataclass(frozen=True)
+class VideoFlags:
+    """The CLI's video sampling flags (None: qwen-vl-utils' default, 2 fps and its total-pixel cap)."""
+
+    fps: float | None = None
+    num_frames: int | None = None
+    max_frames: int | None = None
+    total_pixels: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> VideoFlags:
+        return cls(args.fps, args.num_frames, args.max_frames, args.total_pixels)
+
+
+def pixel_range(
+    min_pixels: int | None, max_pixels: int | None, default_min: int, default_max: int
+) -> tuple[int, int]:
+    """Per kind: an explicit flag wins over the default (the checkpoint's, else the library's); a max below
+    the default min lowers the min to it (an explicit min above an explicit max is still an error)."""
+    high = default_max if max_pixels is None else max_pixels
+    low = default_min if min_pixels is None else min_pixels
+    if min_pixels is None and max_pixels is not None:
+        low = min(low, max_pixels)
+    return low, high
+
+
 def image_inputs(
     path: str | os.PathLike[str],
     min_pixels: int | None,
@@ -53,12 +81,13 @@ def image_inputs(
     settings: VisionSettings | None = None,
 ) -> dict[str, Tensor]:
     """An image file -> the model's image kwargs. None: the checkpoint's processor settings when given
-    (`settings`), else the library's default pixel budget."""
+    (`settings`), else the library's default pixel budget (see `pixel_range`)."""
     settings = settings or VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
+    low, high = pixel_range(min_pixels, max_pixels, settings.min_pixels, settings.max_pixels)
     return preprocess_image(
         path,
-        min_pixels=settings.min_pixels if min_pixels is None else min_pixels,
-        max_pixels=settings.max_pixels if max_pixels is None else max_pixels,
+        min_pixels=low,
+        max_pixels=high,
         patch_size=settings.patch_size,
         temporal_patch_size=settings.temporal_patch_size,
         merge_size=settings.merge_size,
@@ -72,23 +101,30 @@ def video_inputs(
     max_pixels: int | None,
     max_tokens: int | None = None,
     settings: VisionSettings | None = None,
+    flags: VideoFlags = VideoFlags(),
 ) -> dict[str, Tensor]:
-    """A video file -> the model's video kwargs (fps from the container; frame sampling and budget from the
-    checkpoint's video processor settings when given, else every frame and the default video budget)."""
+    """A video file -> the model's video kwargs, sampled and sized by qwen-vl-utils' rules (what the model
+    cards' pipeline feeds the model: 2 fps, 128..768 tokens a frame, a total-pixel cap for long videos),
+    changed only by the flags. The checkpoint's settings give the patch / merge sizes."""
     settings = settings or VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
-    return preprocess_video(
-        path,
-        sample_fps=settings.sample_fps,
-        num_frames=settings.num_frames,
-        min_frames=settings.min_frames,
-        max_frames=settings.max_frames,
-        min_pixels=settings.min_pixels if min_pixels is None else min_pixels,
-        max_pixels=settings.max_pixels if max_pixels is None else max_pixels,
+    item: dict[str, object] = {"type": "video", "video": os.fspath(path)}
+    options = {
+        "fps": flags.fps,
+        "nframes": flags.num_frames,
+        "max_frames": flags.max_frames,
+        "total_pixels": flags.total_pixels,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+    item |= {k: v for k, v in options.items() if v is not None}
+    vision = prepare_vision(
+        [{"role": "user", "content": [item]}],
         patch_size=settings.patch_size,
-        temporal_patch_size=settings.temporal_patch_size,
         merge_size=settings.merge_size,
+        temporal_patch_size=settings.temporal_patch_size,
         max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
+    return vision.model_inputs()
 
 
 def preprocess(
@@ -97,12 +133,13 @@ def preprocess(
     max_pixels: int | None,
     max_tokens: int | None = None,
     checkpoint_dir: Path | None = None,
+    flags: VideoFlags = VideoFlags(),
 ) -> dict[str, Tensor]:
     """One input file, image or video by suffix -> the model's vision kwargs (budget checked first); the
     checkpoint's processor settings are the defaults when `checkpoint_dir` is given."""
     if is_video(path):
         settings = None if checkpoint_dir is None else video_settings(checkpoint_dir)
-        return video_inputs(path, min_pixels, max_pixels, max_tokens, settings)
+        return video_inputs(path, min_pixels, max_pixels, max_tokens, settings, flags)
     settings = None if checkpoint_dir is None else image_settings(checkpoint_dir)
     return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .cli_support import (
     CliError,
+    VideoFlags,
     checkpoint_fingerprint,
     is_video,
     load_model,
@@ -83,6 +84,9 @@ def _write_atomic(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     write_atomic(path, write)
 
 
+VIDEO_RULES = "qwen-vl-utils 0.0.14"
+
+
 def _settings(args: argparse.Namespace, names: list[str], checkpoint_dir: Path) -> dict[str, object]:
     """What decides an output's content: resuming requires all of it to match."""
     return {
@@ -91,7 +95,17 @@ def _settings(args: argparse.Namespace, names: list[str], checkpoint_dir: Path) 
         "dtype": args.dtype or "stored",
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
+        "fps": args.fps,
+        "num_frames": args.num_frames,
+        "max_frames": args.max_frames,
+        "total_pixels": args.total_pixels,
     }
+
+
+def _input_settings(settings: dict[str, object], path: Path) -> dict[str, object]:
+    """A video's frames also depend on the sampling rules (qwen-vl-utils' since they became the default):
+    outputs made before, with every frame kept, are not taken for finished ones."""
+    return settings | {"video_rules": VIDEO_RULES} if is_video(path) else settings
 
 
 def _existing(target: Path, settings: dict[str, object]) -> str | None:
@@ -223,8 +237,9 @@ def _run(
     bar = progress_bar(inputs, unit="input", enabled=False if args.no_progress or not progress else None)
     for path in bar:
         target = out / f"{path.stem}.safetensors"
+        these = _input_settings(settings, path)
         if target.exists() or target.is_symlink():
-            why = _existing(target, settings)
+            why = _existing(target, these)
             if why is None:
                 skipped += 1
             else:
@@ -237,7 +252,12 @@ def _run(
             continue
         try:
             vision = preprocess(
-                path, args.min_pixels, args.max_pixels, args.max_vision_tokens, model.checkpoint_dir
+                path,
+                args.min_pixels,
+                args.max_pixels,
+                args.max_vision_tokens,
+                model.checkpoint_dir,
+                VideoFlags.from_args(args),
             )
             ids = vision_prompt(model.config, vision).to(device)
             with torch.inference_mode(), model.taps(read=names) as taps:
@@ -254,7 +274,7 @@ def _run(
                 "model": str(model.checkpoint_dir),
                 "model_type": model.config.model_type,
                 "input_ids": json.dumps(ids[0].tolist()),
-                "settings": json.dumps(settings),
+                "settings": json.dumps(these),
             }
         except (OSError, ValueError, ImportError) as err:
             failed.append((path, f"{type(err).__name__}: {err}"))

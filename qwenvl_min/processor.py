@@ -39,6 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .budget import DEFAULT_MAX_VISION_TOKENS, check_pixel_budget, check_source_size, check_tokens
 from .geometry import frames_to_rows, still_to_rows
 from .validate import finite_number, positive_int
+from .video_decode import probe, read_sampled
 
 PATCH_SIZE = 14
 TEMPORAL_PATCH_SIZE = 2
@@ -410,69 +411,21 @@ def sample_frame_indices(
 FramePrep = Callable[[int], Callable[[np.ndarray], np.ndarray]]  # kept count -> per-frame transform
 
 
-def _decode_frames(
-    av, path: str, wanted: set[int], prepare: FramePrep | None = None
-) -> tuple[list[np.ndarray], int]:
-    """Decode the whole stream once; return the wanted frames (in order) and the frame count. Each kept
-    frame goes through `prepare(len(wanted))` right away, so only one source-size frame is in memory."""
-    kept, count = [], 0
-    transform = prepare(len(wanted)) if prepare is not None and wanted else None
-    with av.open(path) as container:
-        for count, frame in enumerate(container.decode(video=0), start=1):
-            if count - 1 in wanted:
-                array = frame.to_ndarray(format="rgb24")
-                kept.append(array if transform is None else transform(array))
-    return kept, count
-
-
 def _read_video_file(
     path: str | os.PathLike,
     fps: float | None,
     sampler: Callable[[int, float], np.ndarray],
-    prepare: FramePrep | None = None,
+    prepare: FramePrep,
 ) -> tuple[list[np.ndarray], float, int]:
-    """Decode the frames `sampler(total_frames, fps)` picks. Returns (frames, fps, total frames)."""
-    try:
-        import av
-    except ImportError:
-        raise ImportError(
-            "reading video files needs PyAV: pip install 'qwenvl-min[video]' (or pass decoded frames and fps)"
-        ) from None
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"video file not found: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"expected a video file, got a directory: {path!r}")
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path!r} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            stated = stream.frames
-            width, height = stream.codec_context.width, stream.codec_context.height
-        if width and height:
-            check_source_size(f"video {path!r}", width, height)
-        if fps is None:
-            if not rate:
-                raise ValueError(f"{path!r} does not state a frame rate; pass fps")
-            fps = finite_number("the frame rate", float(rate), positive=True, hint=f"of {path!r}; pass fps")
-        # `stream.frames` is 0 for some containers and occasionally wrong; then count by decoding and sample
-        # from the true count (a second pass, instead of holding every decoded frame in memory).
-        total = stated if stated > 0 else _decode_frames(av, path, set())[1]
-        frames, decoded = _decode_frames(
-            av, path, set(sampler(total, fps).tolist()) if total else set(), prepare
-        )
-        if decoded != total:
-            total = decoded
-            frames, _ = _decode_frames(
-                av, path, set(sampler(total, fps).tolist()) if total else set(), prepare
-            )
-    except av.error.FFmpegError as e:
-        raise ValueError(f"could not decode video file {path!r} (not a video, or corrupt): {e}") from e
-    if total == 0:
-        raise ValueError(f"video file {path!r} has no decodable frames")
-    return frames, fps, total
+    """Decode the frames `sampler(total_frames, fps)` picks, in one pass (see `qwenvl_min.video_decode`:
+    only kept frames are converted, the count is verified while decoding). Returns (frames, fps, total)."""
+    header = probe(path, fps)
+
+    def choose(total: int) -> tuple[list[int], None]:
+        return sampler(total, header.fps).tolist(), None  # to the end: HF's indices stop near it anyway
+
+    frames, _, total = read_sampled(header, choose, prepare)
+    return frames, header.fps, total
 
 
 def preprocess_video(

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .vision_messages import PreparedVision
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -62,14 +65,17 @@ def _content_text(content: str | Sequence[dict[str, Any]]) -> str:
     parts = []
     for item in content:
         kind = item.get("type")
-        if kind == "text":
-            parts.append(item["text"])
-        elif kind == "image":
+        # the test of Qwen's chat template: a type, or the payload key alone (qwen-vl-utils items)
+        if kind in ("image", "image_url") or "image" in item or "image_url" in item:
             parts.append(VISION_START + IMAGE_PAD + VISION_END)
-        elif kind == "video":
+        elif kind == "video" or "video" in item:
             parts.append(VISION_START + VIDEO_PAD + VISION_END)
+        elif kind == "text":
+            parts.append(item["text"])
         else:
-            raise ValueError(f"content items must have type 'text', 'image' or 'video', got {item!r}")
+            raise ValueError(
+                f"content items must have type 'text', 'image' or 'video' (or 'image_url'), got {item!r:.120}"
+            )
     return "".join(parts)
 
 
@@ -177,8 +183,20 @@ def encode_chat(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     merge_size: int = 2,
     max_length: int | None = None,
+    vision: PreparedVision | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`chat_text` then `encode`, for one conversation (a list of messages) or a batch of them."""
+    """`chat_text` then `encode`, for one conversation (a list of messages) or a batch of them.
+
+    `vision`: the `prepare_vision(conversations)` result; its grids are used (instead of passing
+    image_grid_thw / video_grid_thw) and the model takes `vision.model_inputs()` beside the ids."""
+    if vision is not None:
+        if image_grid_thw is not None or video_grid_thw is not None:
+            raise ValueError("pass either vision= or image_grid_thw / video_grid_thw, not both")
+        image_grid_thw, video_grid_thw, merge_size = (
+            vision.image_grid_thw,
+            vision.video_grid_thw,
+            vision.merge_size,
+        )
     if conversations and isinstance(conversations[0], dict):
         conversations = [conversations]
     texts = [

@@ -9,3 +9,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The qwen-vl-utils comparison counts, when that parity test ran (tests/test_qwen_vl_utils_parity.py)."""
+    import sys
+
+    oracle = sys.modules.get("qwen_vl_utils_oracle")
+    if oracle is None or not oracle.TALLY:
+        return
+    compared = sum(n for n, _ in oracle.TALLY.values())
+    equal = sum(e for _, e in oracle.TALLY.values())
+    kinds = ", ".join(f"{kind} {e}/{n}" for kind, (n, e) in sorted(oracle.TALLY.items()))
+    terminalreporter.write_line(f"qwen-vl-utils parity: {compared} cases compared, {equal} equal ({kinds})")

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from qwenvl_min import Config, QwenVL
 from qwenvl_min.cli import main
 from qwenvl_min.processor import smart_resize
+from qwenvl_min.qwen_vl_rules import fit_size
 from qwenvl_min.weights_convert import our_state_dict_to_hf
 
 CONTEXT = 160  # the test checkpoint's context, small enough to overflow with one image
@@ -148,8 +149,9 @@ def test_inspect_video(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    height, width = smart_resize(96, 128, min_pixels=10000, max_pixels=50000)
-    assert f"grid (t, h, w)    3 x {height // 14} x {width // 14}" in out  # 5 frames padded to 6
+    height, width = fit_size(96, 128, 28, 10000, 50000)
+    # qwen-vl-utils' default: 2 fps of 5 frames at 4 fps is 2.5, raised to its minimum of 4 frames
+    assert f"grid (t, h, w)    2 x {height // 14} x {width // 14}" in out
     assert (tmp_path / "v.png").is_file()
 
 
