@@ -235,6 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_token_ids=list(stops) or None,
+        compile=args.compile,
     ):
         token = int(step[0])
         if token in stops:
@@ -384,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's, else none")
     run.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's, else none")
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled decoder (CUDA graphs on CUDA; the first answer pays the compilation, see docs)",
+    )
     run.add_argument(
         "--tp",
         type=int,

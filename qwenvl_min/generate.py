@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from .compiled import check_compilable, compiled_text, resolve_mode
 from .model import QwenVL
 from .positions import generation_positions
 from .text import KVCache
@@ -56,6 +57,7 @@ def stream(
     stop_token_ids: Sequence[int] | None = None,
     pad_token_id: int | None = None,
     repetition_penalty: float | None = None,
+    compile: bool | str = False,
 ) -> Iterator[Tensor]:
     """Yield the new tokens of every row, one (B,) int64 tensor per step. Arguments as in `generate`."""
     cfg = model.config
@@ -75,9 +77,11 @@ def stream(
     if penalty is not None:
         finite_number("repetition_penalty", penalty, positive=True, hint="1 is no penalty")
     device = model.text.embed_tokens.weight.device
+    mode = resolve_mode(compile, device)
+    if mode is not None:
+        check_compilable(model)
     batch, length = input_ids.shape
     input_ids = input_ids.to(device)
-    padded = attention_mask is not None and not bool(attention_mask.all())
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
 
@@ -90,30 +94,16 @@ def stream(
     seen = torch.cat([input_ids, input_ids.new_zeros(batch, max_new_tokens)], 1) if penalty else None
 
     with torch.inference_mode():
-        # preallocated: decode steps write in place instead of concatenating the history
-        cache = KVCache(cfg.text.num_layers, capacity=length + max_new_tokens)
-        logits, deltas = _prefill(
-            model,
-            input_ids,
-            attention_mask,
-            pixel_values,
-            image_grid_thw,
-            pixel_values_videos,
-            video_grid_thw,
-            second_per_grid_ts,
-            mm_token_type_ids,
-            cache,
+        vision = (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts)
+        start = _start_eager if mode is None else _start_compiled
+        logits, deltas, key_valid, decode = start(
+            model, mode, input_ids, attention_mask, vision, mm_token_type_ids, max_new_tokens
         )
         valid = (
             torch.full((batch,), length, device=device) if attention_mask is None else attention_mask.sum(1)
         )
         # All decode positions at once (3, B, n): no per-step position arithmetic.
         positions = generation_positions(deltas, valid, 0, max_new_tokens)
-        # Key mask over prompt + new tokens; only needed when some slot can be masked (left padding or a
-        # row that stopped). Filled in step by step, sliced per step: no per-step allocation.
-        key_valid = torch.ones(batch, length + max_new_tokens, dtype=torch.bool, device=device)
-        if attention_mask is not None:
-            key_valid[:, :length] = attention_mask.bool()
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         logits = logits if seen is None else _penalize(logits, seen[:, :length], penalty)
         next_tokens = _pick(logits, temperature, top_k, top_p, generator)
@@ -130,9 +120,7 @@ def stream(
         if step + 1 == max_new_tokens or bool(finished.all()):
             return
         with torch.inference_mode():
-            # a single unpadded row attends to everything it has seen: no mask to build
-            mask = None if batch == 1 and not padded else key_valid[:, : length + step + 1]
-            logits = _decode(model, tokens, positions[:, :, step : step + 1], mask, cache)
+            logits = decode(tokens, positions[:, :, step : step + 1], step)
             if seen is not None:
                 logits = _penalize(logits, seen[:, : length + step + 1], penalty)
             next_tokens = _pick(logits, temperature, top_k, top_p, generator)
@@ -158,6 +146,7 @@ def generate(
     pad_token_id: int | None = None,
     repetition_penalty: float | None = None,
     on_token: Callable[[Tensor], None] | None = None,
+    compile: bool | str = False,
 ) -> Tensor:
     """Generate up to `max_new_tokens` tokens after each prompt row; returns the new ids (B, n), n <= max.
 
@@ -174,6 +163,11 @@ def generate(
     `repetition_penalty` p divides positive (multiplies negative) logits of every id already in the row,
     prompt included, before sampling, as transformers does. `on_token` receives each step's (B,) tokens as they are produced (for
     streaming; `stream` is the iterator form of the same loop).
+
+    `compile` runs the decoder compiled (`qwenvl_min.compiled`): True picks CUDA graphs
+    ("reduce-overhead") on CUDA and inductor's default on CPU, a string is a torch.compile mode. The
+    first call per model pays the compilation (seconds); greedy tokens equal the eager ones. Not with
+    taps or forward hooks active (refused).
     """
     steps = []
     for tokens in stream(
@@ -194,6 +188,7 @@ def generate(
         stop_token_ids=stop_token_ids,
         pad_token_id=pad_token_id,
         repetition_penalty=repetition_penalty,
+        compile=compile,
     ):
         if on_token is not None:
             on_token(tokens)
@@ -202,6 +197,76 @@ def generate(
 
 
 # ---- steps ----------------------------------------------------------------------------------------------
+
+
+Vision = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]
+# decode(tokens (B,), positions (3, B, 1), step) -> logits (B, V)
+Decode = Callable[[Tensor, Tensor, int], Tensor]
+
+
+def _start_eager(
+    model: QwenVL,
+    mode: None,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    vision: Vision,
+    mm_token_type_ids: Tensor | None,
+    max_new_tokens: int,
+) -> tuple[Tensor, Tensor, Tensor, Decode]:
+    """Eager prefill into a growing `KVCache`. Returns the last logits (B, V), the rope deltas (B, 1), the
+    key mask (B, T + n) over prompt + new tokens that the loop fills in, and the decode step."""
+    batch, length = input_ids.shape
+    # preallocated: decode steps write in place instead of concatenating the history
+    cache = KVCache(model.config.text.num_layers, capacity=length + max_new_tokens)
+    logits, deltas = _prefill(model, input_ids, attention_mask, *vision, mm_token_type_ids, cache)
+    # Only needed when some slot can be masked (left padding or a row that stopped); sliced per step.
+    key_valid = torch.ones(batch, length + max_new_tokens, dtype=torch.bool, device=input_ids.device)
+    if attention_mask is not None:
+        key_valid[:, :length] = attention_mask.bool()
+    padded = attention_mask is not None and not bool(attention_mask.all())
+
+    def decode(tokens: Tensor, positions: Tensor, step: int) -> Tensor:
+        # a single unpadded row attends to everything it has seen: no mask to build
+        mask = None if batch == 1 and not padded else key_valid[:, : length + step + 1]
+        return _decode(model, tokens, positions, mask, cache)
+
+    return logits, deltas, key_valid, decode
+
+
+def _start_compiled(
+    model: QwenVL,
+    mode: str,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    vision: Vision,
+    mm_token_type_ids: Tensor | None,
+    max_new_tokens: int,
+) -> tuple[Tensor, Tensor, Tensor, Decode]:
+    """`_start_eager` with the compiled prefill and step over a `StaticKVCache` (`qwenvl_min.compiled`);
+    the key mask returned is the cache's own (B, C), C >= T + n."""
+    batch, length = input_ids.shape
+    pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts = vision
+    embeds, positions, deltas, _ = model.prepare(
+        input_ids,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw,
+        second_per_grid_ts=second_per_grid_ts,
+        mm_token_type_ids=mm_token_type_ids,
+    )
+    text = compiled_text(model, mode)
+    cache = text.cache_for(model, batch, length + max_new_tokens, embeds)
+    if attention_mask is not None:
+        cache.key_valid[:, :length] = attention_mask.bool()
+    logits = text.prefill(model, embeds, positions, cache)
+    slots = torch.arange(length, length + max_new_tokens, device=input_ids.device)  # of the new tokens
+
+    def decode(tokens: Tensor, positions: Tensor, step: int) -> Tensor:
+        return text.step(model, tokens, positions, slots[step : step + 1], cache)
+
+    return logits, deltas, cache.key_valid, decode
 
 
 def _prefill(

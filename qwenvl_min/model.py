@@ -144,6 +144,49 @@ class QwenVL(nn.Module):
         `logits_to_keep` > 0 applies the lm_head to the last that many positions only (0: all): a prefill
         needs one, and at the real vocab (152k) the full projection costs more than the rest of it.
         """
+        if labels is not None and logits_to_keep:
+            raise ValueError(
+                "labels need the logits of every position; leave logits_to_keep at 0 with labels"
+            )
+        embeds, positions, deltas, key_valid = self.prepare(
+            input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            second_per_grid_ts=second_per_grid_ts,
+            mm_token_type_ids=mm_token_type_ids,
+            cache=cache,
+            positions=positions,
+        )
+        hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.project(hidden)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return ForwardOutput(logits, positions, deltas, cache, loss)
+
+    def prepare(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_grid_thw: Tensor | None = None,
+        second_per_grid_ts: Tensor | Sequence[float] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The data-dependent part of `forward`, before the decoder: checks, token embeddings with the
+        vision features inserted, positions. Returns embeds (B, T, E), positions (3, B, T), the rope deltas
+        (B, 1) or None (positions given), key_valid (B, K) or None (nothing masked).
+
+        It reads device values back (checks, vision layout, positions), so it stays eager; what follows
+        (`text`, `project`) has no host sync and compiles (`qwenvl_min.compiled`)."""
         cfg = self.config
         self._check_token_inputs(input_ids, attention_mask, cache)
         if mm_token_type_ids is not None:
@@ -151,10 +194,6 @@ class QwenVL(nn.Module):
         if isinstance(second_per_grid_ts, (list, tuple)):
             second_per_grid_ts = torch.as_tensor(second_per_grid_ts, dtype=torch.float32)
         second_per_grid_ts = seconds_for_positions(cfg, second_per_grid_ts, video_grid_thw)
-        if labels is not None and logits_to_keep:
-            raise ValueError(
-                "labels need the logits of every position; leave logits_to_keep at 0 with labels"
-            )
         embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
         embeds = self._insert_vision(
             input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
@@ -171,16 +210,13 @@ class QwenVL(nn.Module):
                 cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, new_mask
             )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-        hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = (
-            tied_logits(hidden, self.text.embed_tokens.weight)
-            if self.lm_head is None
-            else self.lm_head(hidden)
-        )
-        loss = None if labels is None else causal_lm_loss(logits, labels)
-        return ForwardOutput(logits, positions, deltas, cache, loss)
+        return embeds, positions, deltas, key_valid
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """The lm_head: hidden (..., E) -> logits (..., V) (on the embeddings when tied)."""
+        if self.lm_head is None:
+            return tied_logits(hidden, self.text.embed_tokens.weight)
+        return self.lm_head(hidden)
 
     def _check_token_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None

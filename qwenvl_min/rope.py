@@ -104,9 +104,15 @@ def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tu
 
     angle[b, t, j] = positions[axis(j), b, t] * inv_freq[j], where axis(j) comes from the config's
     `mrope_layout` (see MROPE_LAYOUTS)."""
-    inv_freq, axis_of_freq = _mrope_constants(
-        config.head_dim, config.rope_theta, config.mrope_section, config.mrope_layout, positions.device
-    )
+    setting = (config.head_dim, config.rope_theta, config.mrope_section, config.mrope_layout)
+    if torch.compiler.is_compiling():
+        # traced, the layouts' index arithmetic has data-dependent sizes: the graph takes the values as
+        # constants instead (computed once, while tracing)
+        freq_values, axis_values = _mrope_constant_values(*setting)
+        inv_freq = torch.tensor(freq_values, dtype=torch.float32, device=positions.device)
+        axis_of_freq = torch.tensor(axis_values, dtype=torch.int64, device=positions.device)
+    else:
+        inv_freq, axis_of_freq = _mrope_constants(*setting, positions.device)
     per_freq = positions.permute(1, 2, 0).index_select(-1, axis_of_freq)  # (3, B, T) -> (B, T, R)
     angles = per_freq.to(torch.float32) * inv_freq  # (B, T, R), contiguous
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -127,3 +133,12 @@ def _mrope_constants(
             f"M-RoPE layout {layout!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}"
         )
     return inv_freq, axis_of_freq
+
+
+@torch.compiler.assume_constant_result
+def _mrope_constant_values(
+    head_dim: int, theta: float, mrope_section: tuple[int, ...], layout: str
+) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """`_mrope_constants` as Python numbers (fp32 values are exact as Python floats)."""
+    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, mrope_section, layout, torch.device("cpu"))
+    return tuple(inv_freq.tolist()), tuple(axis_of_freq.tolist())

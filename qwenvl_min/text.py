@@ -15,6 +15,7 @@ from .attention import TextAttend, causal_attention
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU
 from .rope import mrope_table
+from .static_cache import StaticCacheWrite
 
 
 def tied_logits(hidden: Tensor, embedding: Tensor) -> Tensor:
@@ -72,6 +73,10 @@ class KVCache:
         self.values[layer][:, start:end] = v
         return self.keys[layer][:, :end], self.values[layer][:, :end]
 
+    def attention_mask(self, key_valid: Tensor | None, new: int, device: torch.device) -> Tensor | None:
+        """The mask of a forward adding `new` tokens to this cache (see `attention_mask_4d`)."""
+        return attention_mask_4d(key_valid, new, self.length + new, device)
+
 
 def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: torch.device) -> Tensor | None:
     """Boolean (B, 1, T, K) mask 'query may attend key' for causal attention over past + new tokens,
@@ -92,6 +97,10 @@ def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: to
     else:
         allowed = allowed[None, None]
     return allowed
+
+
+# what a forward writes its keys / values to: both have `update(layer, k, v)` and `attention_mask(...)`
+Cache = KVCache | StaticCacheWrite
 
 
 class TextAttention(nn.Module):
@@ -123,7 +132,7 @@ class TextAttention(nn.Module):
         self.rotary = dispatch.rotary(choice)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: Cache | None
     ) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim)  # (B, T, H, Dh)
@@ -146,7 +155,7 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: Cache | None
     ) -> Tensor:
         x = x + self.attn(self.attn_norm(x), rope, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
@@ -166,13 +175,17 @@ class TextModel(nn.Module):
         embeds: Tensor,
         positions: Tensor,
         key_valid: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
     ) -> Tensor:
-        """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E)."""
+        """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E).
+
+        With a `StaticCacheWrite` K is the cache's capacity C and key_valid covers all C slots."""
         t = embeds.shape[1]
-        past = 0 if cache is None else cache.length
         rope = mrope_table(positions, self.config, embeds.dtype)  # cos, sin (B, T, R)
-        mask = attention_mask_4d(key_valid, t, past + t, embeds.device)
+        if cache is None:
+            mask = attention_mask_4d(key_valid, t, t, embeds.device)
+        else:
+            mask = cache.attention_mask(key_valid, t, embeds.device)
         x = embeds
         for layer in self.layers:
             x = layer(x, rope, mask, cache)
