@@ -79,13 +79,12 @@ def test_dry_run_exercises_every_step(tmp_path):
     ]
     assert all(r["agrees"] for r in tower["rows"])
 
+    # this build's generate has compile=: the decode step must really run both paths (the step's
+    # "not available in this build" branch is for an older checkout copied onto a device machine)
     decode = steps["decode"]
-    if decode["status"] == "unavailable":  # this build's generate has no compile= option
-        assert "not available in this build" in decode["result"]["unavailable"][0]["reason"]
-        assert steps["plots"]["files"]["decode"].startswith("no plot")
-    else:
-        assert [r["impl"] for r in decode["result"]["rows"]] == ["eager", "compiled"]
-        assert (out / "gpu_check-dry-run-decode.png").is_file()
+    assert decode["status"] == "passed", decode
+    assert [r["impl"] for r in decode["result"]["rows"]] == ["eager", "compiled"]
+    assert (out / "gpu_check-dry-run-decode.png").is_file()
 
     files = sorted(p.name for p in out.iterdir())
     assert all(name.startswith("gpu_check-dry-run") for name in files), files
