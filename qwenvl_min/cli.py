@@ -51,6 +51,7 @@ from .cli_support import (
     video_inputs,
     window_summary,
 )
+from .compiled import COMPILE_MODES, DEBUG_BACKENDS
 from .config import Config
 from .demo import cmd_demo
 from .detokenize import TextStream
@@ -176,7 +177,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         model, context = load_tp_model(args.model, args.dtype, args.device, args.verify, args.tp)
         show = context.is_main
     else:
-        model = load_model(args.model, args.dtype, args.device, args.verify)
+        # compiled decoding refuses forward hooks; generate checks every step's logits anyway
+        model = load_model(args.model, args.dtype, args.device, args.verify, finite_guard=not args.compile)
     config = model.config
     directory = model.checkpoint_dir
     try:  # the checkpoint's tokenizer, processor settings and chat template
@@ -387,8 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument(
         "--compile",
-        action="store_true",
-        help="compiled decoder (CUDA graphs on CUDA; the first answer pays the compilation, see docs)",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=[*COMPILE_MODES, *DEBUG_BACKENDS],  # bare --compile gives True (not checked here)
+        metavar="MODE",
+        help="compiled decoder: CUDA graphs on CUDA, inductor on CPU; MODE picks a torch.compile mode "
+        f"({', '.join(COMPILE_MODES)}) or a debug backend ({', '.join(DEBUG_BACKENDS)}); the first "
+        "answer pays the compilation (docs/compiled_generation.md)",
     )
     run.add_argument(
         "--tp",

@@ -182,9 +182,13 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
     return f"{len(sizes)} of up to {side}x{side} patches ({counts} patches); full-frame blocks: {full}"
 
 
-def load_model(path: str, dtype: str | None, device: str, verify: bool = False) -> QwenVL:
+def load_model(
+    path: str, dtype: str | None, device: str, verify: bool = False, finite_guard: bool = True
+) -> QwenVL:
     """An HF checkpoint directory, a Hub id or a converted checkpoint (checked against its manifest, every
-    byte with verify), whose forward raises on NaN/inf hidden states instead of answering garbage."""
+    byte with verify), whose forward raises on NaN/inf hidden states instead of answering garbage
+    (`finite_guard`: a forward hook; off for compiled generation, which refuses hooks and whose sampling
+    checks every step's logits instead)."""
     from .pretrained import from_pretrained
     from .weights_convert.checkpoint import CheckpointError
 
@@ -199,7 +203,8 @@ def load_model(path: str, dtype: str | None, device: str, verify: bool = False) 
         )
     except CheckpointError as err:
         raise CliError(str(err)) from err
-    guard_finite_hidden_states(model)
+    if finite_guard:
+        guard_finite_hidden_states(model)
     log.debug(
         "loaded %s (%s, %s, %s) in %.1f s",
         model.checkpoint_dir,

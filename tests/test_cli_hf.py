@@ -77,3 +77,16 @@ def test_verify_needs_a_converted_checkpoint(user_dir, tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no manifest to verify" in err
+
+
+def test_run_compiled_gives_the_eager_answer(user_dir, tmp_path, capsys):
+    """`run --compile MODE` goes through the compiled decoder (aot_eager: dynamo's capture, static cache
+    and guards without inductor's C++ build, which would take minutes here) and answers as eager does;
+    the CLI's NaN guard is a forward hook, which compiled decoding refuses, so it must not be installed."""
+    image = _image(tmp_path / "a.png")
+    argv = ["run", "--model", str(user_dir), "--image", str(image), "--prompt", "Describe it."]
+    assert main([*argv, "--max-new-tokens", "6", "--compile", "aot_eager"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == _expected_answer(user_dir, image, "Describe it.")
+    with pytest.raises(SystemExit):
+        main([*argv, "--compile", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
