@@ -21,6 +21,7 @@ its warm-up forward at the measured size (the compile) is timed and reported sep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -80,9 +81,19 @@ class PeakMemory:
 
 
 def build_towers(
-    preset: str, device: torch.device, with_ours: bool = True
+    preset: str, device: torch.device, with_ours: bool = True, depth: int | None = None
 ) -> tuple[torch.nn.Module, VisionTower | None, Config]:
-    return build_towers_for(Config.preset(preset), device, with_ours)
+    return build_towers_for(sliced(Config.preset(preset), depth), device, with_ours)
+
+
+def sliced(config: Config, depth: int | None) -> Config:
+    """The first `depth` blocks of the tower (full-attention blocks where the real tower has them), at the
+    real widths; None: the whole tower. Qwen2.5-VL-7B at depth 8 keeps the real 7:1 window:full mix."""
+    if depth is None:
+        return config
+    v = config.vision
+    full = tuple(i for i in v.fullatt_block_indexes if i < depth)
+    return dataclasses.replace(config, vision=dataclasses.replace(v, depth=depth, fullatt_block_indexes=full))
 
 
 def build_towers_for(
@@ -305,6 +316,10 @@ def main() -> None:
         child_memory(preset, impl, int(side))
         return
 
+    if args.depth is not None and not args.no_fresh_memory:
+        parser.error(
+            "--depth times a slice of the tower; pass --no-fresh-memory (the memory runs build it whole)"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [
         int(s) for s in (args.sizes or ("448,896,1344" if device.type == "cuda" else "448,896")).split(",")
@@ -313,7 +328,7 @@ def main() -> None:
     rows = []
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     for preset in args.towers.split(","):
-        hf, ours, config = build_towers(preset, device)
+        hf, ours, config = build_towers(preset, device, depth=args.depth)
         for side in sizes:
             patches = side // config.vision.patch_size
             grid = torch.tensor([[1, patches, patches]])
@@ -357,6 +372,7 @@ def main() -> None:
                 t = statistics.median(times[impl])
                 row = {
                     "tower": preset,
+                    "depth": config.vision.depth,
                     "image": f"{side}x{side}",
                     "patches": patches * patches,
                     "impl": impl,
