@@ -309,6 +309,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="add ours-compiled (blocks compiled one by one)"
     )
+    parser.add_argument("--depth", type=int, help="time only the first DEPTH blocks (a slice; default all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
