@@ -6,16 +6,22 @@ alternating, on the same weight tensors (ours is loaded from HF's state dict wit
 Reported per (tower, size, implementation): median forward time, ratio to HF sdpa, peak memory above
 the pre-forward baseline (RSS sampled every 2 ms on CPU; CUDA peak allocator stats on GPU), and the
 roofline fraction = matmul FLOPs of the tower / (time x fp32 GEMM rate measured here on the same
-Linear shapes). "ours+maps" requests the attention maps of one full-attention block through the taps;
-HF can only produce maps on its eager path.
+Linear shapes; measured after every repetition, and each repetition's fraction uses that repetition's
+rate, so the JSON carries the run-to-run spread). "ours+maps" requests the attention maps of one
+full-attention block through the taps; HF can only produce maps on its eager path. `--compile` adds
+"ours-compiled": a second tower on the same weight tensors whose blocks are compiled one by one
+(`block.compile()`, regional compilation: one graph per block kind, reused by every block of that kind);
+its warm-up forward at the measured size (the compile) is timed and reported separately.
 
     python benchmarks/bench_vision_tower.py                 # both towers, 448 and 896, 2 repetitions
     python benchmarks/bench_vision_tower.py --sizes 448 --reps 3 --towers qwen2.5-vl-7b
+    python benchmarks/bench_vision_tower.py --sizes 896 --impls ours,hf-sdpa --compile --no-fresh-memory
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -80,12 +86,33 @@ def build_towers(
     with_ours: bool = True,
     dtype: torch.dtype = torch.float32,
     kernels: str | None = None,
+    depth: int | None = None,
 ) -> tuple[torch.nn.Module, VisionTower | None, Config]:
-    """transformers' tower with random weights (built on `device`, in `dtype`) and ours holding the same
-    tensors through our key mapping; `kernels` as `VisionTower`'s."""
+    """A preset's towers (see `build_towers_for`), cut to its first `depth` blocks (`sliced`)."""
+    return build_towers_for(sliced(Config.preset(preset), depth), device, with_ours, dtype, kernels)
+
+
+def sliced(config: Config, depth: int | None) -> Config:
+    """The first `depth` blocks of the tower (full-attention blocks where the real tower has them), at the
+    real widths; None: the whole tower. Qwen2.5-VL-7B at depth 8 keeps the real 7:1 window:full mix."""
+    if depth is None:
+        return config
+    v = config.vision
+    full = tuple(i for i in v.fullatt_block_indexes if i < depth)
+    return dataclasses.replace(config, vision=dataclasses.replace(v, depth=depth, fullatt_block_indexes=full))
+
+
+def build_towers_for(
+    config: Config,
+    device: torch.device,
+    with_ours: bool = True,
+    dtype: torch.dtype = torch.float32,
+    kernels: str | None = None,
+) -> tuple[torch.nn.Module, VisionTower | None, Config]:
+    """transformers' vision model (sdpa, random init, seed 0, built on `device` in `dtype`) and ours
+    sharing its weight tensors through our key mapping; `kernels` as `VisionTower`'s."""
     import transformers
 
-    config = Config.preset(preset)
     hf_vision = config.to_hf()["vision_config"]
     if config.model_type == "qwen2_vl":
         hf_cfg = transformers.Qwen2VLVisionConfig(**hf_vision)
@@ -174,6 +201,8 @@ def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, dev
         start = time.perf_counter()
         if impl == "ours":
             ours(pixels, grid)
+        elif impl == "ours-compiled":
+            compiled(ours)(pixels, grid)
         elif impl == "ours+maps":
             from qwenvl_min.taps import Taps
 
@@ -185,6 +214,21 @@ def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, dev
         _sync(device)
         elapsed = time.perf_counter() - start
     return elapsed, mem.peak_bytes
+
+
+_COMPILED: dict[int, VisionTower] = {}
+
+
+def compiled(ours: VisionTower) -> VisionTower:
+    """A second tower on `ours`'s weight tensors with every block compiled (built once per tower)."""
+    if id(ours) not in _COMPILED:
+        with torch.device("meta"):
+            twin = VisionTower(ours.config)
+        twin.load_state_dict(ours.state_dict(), strict=True, assign=True)  # shares the tensors
+        for block in twin.blocks:
+            block.compile()
+        _COMPILED[id(ours)] = twin.eval()
+    return _COMPILED[id(ours)]
 
 
 def child_memory(preset: str, impl: str, side: int) -> None:
@@ -274,6 +318,10 @@ def main() -> None:
     parser.add_argument("--impls", default="ours,hf-sdpa,hf-eager,ours+maps")
     parser.add_argument("--out", type=Path, default=RESULTS / "vision_tower.json")
     parser.add_argument("--no-fresh-memory", action="store_true", help="skip the per-process peak RSS runs")
+    parser.add_argument(
+        "--compile", action="store_true", help="add ours-compiled (blocks compiled one by one)"
+    )
+    parser.add_argument("--depth", type=int, help="time only the first DEPTH blocks (a slice; default all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -281,15 +329,19 @@ def main() -> None:
         child_memory(preset, impl, int(side))
         return
 
+    if args.depth is not None and not args.no_fresh_memory:
+        parser.error(
+            "--depth times a slice of the tower; pass --no-fresh-memory (the memory runs build it whole)"
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = [
         int(s) for s in (args.sizes or ("448,896,1344" if device.type == "cuda" else "448,896")).split(",")
     ]
-    impls = args.impls.split(",")
+    impls = args.impls.split(",") + (["ours-compiled"] if args.compile else [])
     rows = []
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     for preset in args.towers.split(","):
-        hf, ours, config = build_towers(preset, device)
+        hf, ours, config = build_towers(preset, device, depth=args.depth)
         for side in sizes:
             patches = side // config.vision.patch_size
             grid = torch.tensor([[1, patches, patches]])
@@ -306,15 +358,24 @@ def main() -> None:
                     small,
                     device,
                 )
+            warmup = {}
+            if "ours-compiled" in impls:  # compile for this size before anything is timed
+                warmup["ours-compiled"] = run_once("ours-compiled", hf, ours, config, pixels, grid, device)[0]
+                print(
+                    f"ours-compiled warm-up (compile) at {side}px: {warmup['ours-compiled']:.1f} s",
+                    flush=True,
+                )
             times: dict[str, list[float]] = {i: [] for i in impls}
             peaks: dict[str, list[int]] = {i: [] for i in impls}
+            rates: list[float] = []
             for _ in range(args.reps):
                 for impl in impls:
                     t, peak = run_once(impl, hf, ours, config, pixels, grid, device)
                     times[impl].append(t)
                     peaks[impl].append(peak)
+                rates.append(gemm_rate(config, patches * patches, device))  # once per repetition
             flops = matmul_flops(config, grid)
-            rate = gemm_rate(config, patches * patches, device)
+            rate = statistics.median(rates)
             base = statistics.median(times["hf-sdpa"]) if "hf-sdpa" in times else None
             plain = statistics.median(times["ours"]) if "ours" in times else None
             fresh = {}
@@ -324,6 +385,7 @@ def main() -> None:
                 t = statistics.median(times[impl])
                 row = {
                     "tower": preset,
+                    "depth": config.vision.depth,
                     "image": f"{side}x{side}",
                     "patches": patches * patches,
                     "impl": impl,
@@ -335,7 +397,11 @@ def main() -> None:
                     "fresh_process": fresh.get(impl),
                     "matmul_gflop": flops / 1e9,
                     "gemm_gflops_measured": rate / 1e9,
+                    "all_gemm_gflops_measured": [r / 1e9 for r in rates],
                     "roofline_fraction": flops / (t * rate),
+                    # each repetition against the GEMM rate measured right after it: the run-to-run spread
+                    "all_roofline_fractions": [flops / (ti * ri) for ti, ri in zip(times[impl], rates)],
+                    "warmup_seconds": warmup.get(impl),
                 }
                 rows.append(row)
                 mem = fresh.get(impl)

@@ -24,6 +24,11 @@ class RMSNorm(nn.Module):
         # F.rms_norm without a weight is exactly upcast -> x * rsqrt(mean(x^2) + eps) -> cast back, in one
         # call (tests/test_layers.py checks it bit for bit against the reference in fp32, bf16 and fp16);
         # the weight multiply stays outside, after the cast.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32 and x.device.type == "cpu":
+            # fp32: the cast is the identity and torch's CPU kernel multiplies (x * rstd) * w, the same two
+            # products in the same order, so the weight goes inside the call and saves a pass over x and a
+            # fresh buffer (tested bit for bit in tests/test_layers.py; other devices keep the two calls)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 

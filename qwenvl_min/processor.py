@@ -226,6 +226,12 @@ def _normalize_lut() -> np.ndarray:
 _LUT = _normalize_lut()
 
 
+# Merge blocks per np.take call. np.take first copies its uint8 indices into an int64 array (8x their size);
+# ~8 blocks (8 x 4 x 196 indices per channel, a 50 KB int64 copy) keeps that copy, and the floats written,
+# in cache instead of streaming a whole-image int64 array (8 bytes per pixel value) through memory.
+_BLOCKS_PER_STEP = 8
+
+
 def _over_row_chunks(work: Callable[[slice], None], rows: int) -> None:
     """Run `work` on chunks of the first axis in threads. NumPy releases the GIL in `take` and in copies,
     so the gather below runs on every core while PIL's resize (the rest of the time) cannot be split."""
@@ -238,42 +244,49 @@ def _over_row_chunks(work: Callable[[slice], None], rows: int) -> None:
         list(pool.map(work, [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]))
 
 
+def _normalize_blocks(src: np.ndarray, out: np.ndarray, time_slot: int | None) -> None:
+    """Normalized rows of every merge block, a few blocks per step, in threads.
+
+    src: (T, by, bx, iy, ix, C, [tp,] P, P) uint8 view (no time axis when `time_slot` is given);
+    out: (T, by, bx, iy, ix, C, tp, P, P) float32. `time_slot` None gathers all tp frames; an int gathers
+    the single frame into that slot and copies it to the others (a still image is tp equal frames).
+    """
+    lines, by, bx = src.shape[0] * src.shape[1], src.shape[1], src.shape[2]
+    channels = src.shape[5]
+
+    def work(chunk: slice) -> None:
+        for line in range(chunk.start, chunk.stop):
+            t, y = divmod(line, by)
+            for x0 in range(0, bx, _BLOCKS_PER_STEP):
+                blocks = slice(x0, x0 + _BLOCKS_PER_STEP)
+                pixels, target = src[t, y, blocks], out[t, y, blocks]  # (k, iy, ix, C, ...)
+                slot = target if time_slot is None else target[:, :, :, :, time_slot]
+                for ch in range(channels):
+                    np.take(_LUT[ch], pixels[:, :, :, ch], out=slot[:, :, :, ch], mode="clip")
+                if time_slot is not None:
+                    target[:, :, :, :, 1:] = slot[:, :, :, :, None]
+
+    _over_row_chunks(work, lines)
+
+
 def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 with T a multiple of the temporal patch → normalized rows (t·h·w, 3·tp·p·p) fp32."""
-    t, h, w, c = frames.shape
-    gt, gh, gw, p = t // temporal_patch_size, h // patch_size, w // patch_size, patch_size
-    # Reorder the *uint8* pixels (1 byte each) into row order first, then gather the floats in one pass.
-    # (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x), a view: each
-    # thread copies its own temporal patches
+    # (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x), a view of the uint8
+    # pixels: the reorder happens inside the gather, one pass, each value read once and written once
     x = frames_to_rows(frames, patch_size, temporal_patch_size, merge_size)
     out = np.empty(x.shape, dtype=np.float32)
-
-    def work(rows: slice) -> None:
-        chunk = np.ascontiguousarray(x[rows])
-        for ch in range(c):
-            np.take(_LUT[ch], chunk[..., ch, :, :, :], out=out[rows][..., ch, :, :, :], mode="clip")
-
-    _over_row_chunks(work, x.shape[0])
-    return out.reshape(gt * gh * gw, c * temporal_patch_size * p * p)
+    _normalize_blocks(x, out, time_slot=None)
+    return out.reshape(-1, x.shape[5] * temporal_patch_size * patch_size**2)
 
 
 def _patchify_still(
     frame: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int
 ) -> np.ndarray:
     """A still image is `temporal_patch_size` identical frames: gather once, then copy along time."""
-    h, w, c = frame.shape
-    gh, gw, p = h // patch_size, w // patch_size, patch_size
-    x = still_to_rows(frame, patch_size, merge_size)  # (by, bx, iy, ix, c, py, px), a view
-    out = np.empty((*x.shape[:5], temporal_patch_size, p, p), dtype=np.float32)
-
-    def work(rows: slice) -> None:
-        chunk, target = np.ascontiguousarray(x[rows]), out[rows]
-        for ch in range(c):
-            np.take(_LUT[ch], chunk[..., ch, :, :], out=target[..., ch, 0, :, :], mode="clip")
-        target[..., 1:, :, :] = target[..., :1, :, :]
-
-    _over_row_chunks(work, x.shape[0])
-    return out.reshape(gh * gw, c * temporal_patch_size * p * p)
+    x = still_to_rows(frame, patch_size, merge_size)[None]  # (1, by, bx, iy, ix, c, py, px), a view
+    out = np.empty((*x.shape[:6], temporal_patch_size, patch_size, patch_size), dtype=np.float32)
+    _normalize_blocks(x, out, time_slot=0)
+    return out.reshape(-1, x.shape[5] * temporal_patch_size * patch_size**2)
 
 
 def _check_budget(

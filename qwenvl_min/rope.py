@@ -54,15 +54,40 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
             f"rotary tables must be half width: q head_dim {q.shape[-1]}, cos {tuple(cos.shape)}, "
             f"sin {tuple(sin.shape)}"
         )
+    compute = torch.promote_types(q.dtype, cos.dtype)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # autograd needs the differentiable form; under torch.compile inductor fuses it into one kernel
+        # anyway (and dynamo refuses `out=` into the strided halves that the inference form writes)
+        return _rotate_half_form(q, cos, sin, compute), _rotate_half_form(k, cos, sin, compute)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (..., 1, R): broadcast over heads
+    return _rotate_by_halves(q, cos, sin, compute), _rotate_by_halves(k, cos, sin, compute)
+
+
+def _rotate_half_form(x: Tensor, cos: Tensor, sin: Tensor, compute: torch.dtype) -> Tensor:
+    """x * cat(cos, cos) + rotate_half(x) * cat(sin, sin), literally (differentiable)."""
     cos_full = torch.cat((cos, cos), dim=-1).unsqueeze(-2)  # (..., 1, Dh): broadcast over heads
     sin_full = torch.cat((sin, sin), dim=-1).unsqueeze(-2)
-    compute = torch.promote_types(q.dtype, cos.dtype)
+    xc = x.to(compute)
+    return (xc * cos_full + rotate_half(xc) * sin_full).to(x.dtype)
 
-    def rotate(x: Tensor) -> Tensor:
-        xc = x.to(compute)
-        return (xc * cos_full + rotate_half(xc) * sin_full).to(x.dtype)
 
-    return rotate(q), rotate(k)
+def _rotate_by_halves(x: Tensor, cos: Tensor, sin: Tensor, compute: torch.dtype) -> Tensor:
+    """The same values as `_rotate_half_form` with one output buffer and one half-width temporary instead of
+    five full-width temporaries (inference only: `out=` does not record gradients).
+
+    Bit for bit: rotate_half's first half is -x2, and x1*c + (-x2)*s == x1*c - x2*s in IEEE arithmetic
+    (negation is exact, a + (-b) == a - b), so each half takes the same two products and one sum, rounded
+    in the same dtype, as the literal formula.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].to(compute), x[..., half:].to(compute)
+    out = torch.empty(x.shape, dtype=compute, device=x.device)
+    first, second = out[..., :half], out[..., half:]
+    product = torch.mul(x2, sin)
+    torch.mul(x1, cos, out=first).sub_(product)  # x1*c - x2*s
+    torch.mul(x1, sin, out=product)
+    torch.mul(x2, cos, out=second).add_(product)  # x2*c + x1*s
+    return out.to(x.dtype)
 
 
 def vision_rotary_table(

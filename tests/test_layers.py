@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hf_models import rope_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.activations import ACT2FN
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf
 
@@ -104,3 +106,58 @@ def test_inference_mlps_are_bit_identical_to_the_autograd_path():
         reference.sum().backward()  # the autograd path still differentiates
     assert torch.equal(fast, reference.detach())
     assert mlp.gate_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rmsnorm_fused_weight_path_is_the_two_call_formula(dtype):
+    """fp32 on CPU puts the weight inside F.rms_norm; every dtype must give w * rms_norm(x) bit for bit."""
+    torch.manual_seed(1)
+    norm = RMSNorm(1280, 1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.3)
+    x = (torch.randn(257, 1280) * 3).to(dtype)
+    expected = norm.weight * torch.nn.functional.rms_norm(x, (1280,), eps=1e-6)
+    assert torch.equal(norm(x), expected)
+
+
+@given(
+    tokens=st.integers(1, 40),
+    heads=st.integers(1, 4),
+    half=st.sampled_from([2, 8, 20, 40]),
+    dtypes=st.sampled_from(
+        [
+            (torch.float32, torch.float32),
+            (torch.bfloat16, torch.float32),
+            (torch.bfloat16, torch.bfloat16),
+            (torch.float16, torch.float32),
+            (torch.float16, torch.float16),
+        ]
+    ),
+    batch=st.booleans(),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_inference_rotary_is_bit_identical_to_the_autograd_path(
+    tokens, heads, half, dtypes, batch, strided, seed
+):
+    """Without autograd apply_rotary works half by half into one buffer; it must equal the literal
+    x * cat(cos, cos) + rotate_half(x) * cat(sin, sin) (the autograd path), for every dtype mix, for
+    (N, H, Dh) and (B, T, H, Dh) layouts, and for q/k that are strided views of a fused projection."""
+    x_dtype, table_dtype = dtypes
+    g = torch.Generator().manual_seed(seed)
+    lead = (2, tokens) if batch else (tokens,)
+    if strided:  # q and k as slices of one (..., 3, H, Dh) tensor, as the vision attention has them
+        qkv = (torch.randn(*lead, 3, heads, 2 * half, generator=g) * 3).to(x_dtype)
+        q, k = qkv.select(-3, 0), qkv.select(-3, 1)
+    else:
+        q = (torch.randn(*lead, heads, 2 * half, generator=g) * 3).to(x_dtype)
+        k = (torch.randn(*lead, heads, 2 * half, generator=g) * 3).to(x_dtype)
+    angles = torch.rand(*lead, half, generator=g) * 100
+    cos, sin = angles.cos().to(table_dtype), angles.sin().to(table_dtype)
+    with torch.no_grad():
+        fast_q, fast_k = apply_rotary(q, k, cos, sin)
+    with torch.enable_grad():
+        ref_q, ref_k = apply_rotary(q, k, cos, sin)
+    assert fast_q.dtype == ref_q.dtype == x_dtype
+    assert torch.equal(fast_q, ref_q) and torch.equal(fast_k, ref_k)

@@ -215,6 +215,30 @@ def test_tower_compiles_without_graph_breaks(family, kernels):
     assert max_err(compiled, eager) <= RTOL * scale_of(eager)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocks_compile_one_graph_per_block_kind(family):
+    """The regional recipe in docs/benchmarks.md (`block.compile()` for every block of the tower): the
+    layout is built outside the compiled regions, every block traces as one graph, all blocks of one kind
+    share it (one graph for Qwen2-VL, window + full for Qwen2.5-VL), and the output equals eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    cfg = tiny_config(family, tied=True)
+    model = QwenVL(cfg, kernels="torch").eval()
+    randomize_(model, seed=0)
+    grid = torch.tensor([[1, 12, 20], [2, 8, 8]])
+    pixels = torch.randn(int(grid.prod(dim=1).sum()), cfg.vision.patch_dim)
+    torch._dynamo.reset()
+    counter = CompileCounter()  # traces with dynamo, runs the captured graphs as they are
+    with torch.no_grad():
+        eager = model.visual(pixels, grid)
+        for block in model.visual.blocks:
+            block.compile(backend=counter, fullgraph=True)
+        compiled = model.visual(pixels, grid)
+    kinds = {cfg.vision.is_full_attention(i) for i in range(cfg.vision.depth)}
+    assert cfg.vision.depth > len(kinds) and counter.frame_count == len(kinds)
+    assert torch.equal(compiled, eager)
+
+
 def test_attention_modules_default_to_the_model_choice():
     model = QwenVL(Config.preset("tiny-qwen2.5-vl"), kernels="torch")
     attends = {m.attend for m in model.modules() if isinstance(m, VisionAttention)}
