@@ -17,7 +17,11 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["qwenvl_min", "kernels", "weights_convert"]
 FIRST_PARTY = {"qwenvl_min", "kernels", "weights_convert"}
-NOT_RUNTIME = {"test", "dev"}  # extras for developing the project, not for running it
+NOT_RUNTIME = {
+    "test",
+    "dev",
+    "bench",
+}  # extras for developing and benchmarking the project, not for running it
 
 
 def _name(requirement: str) -> str:
