@@ -20,15 +20,30 @@ def available_devices() -> list[str]:
     return names
 
 
-def check_device(name: str) -> torch.device:
-    """`name` as a torch.device if it can be used here; DeviceError otherwise."""
+def check_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """`name` as a torch.device if it can be used here and holds data; DeviceError otherwise.
+
+    `option` is how the caller's user spelled the choice: a CLI flag ("--device": messages read
+    "--device cuda: ...; pass --device cpu") or a keyword argument ("device": "device='cuda': ...").
+    """
+
+    def said(value: object) -> str:
+        return f"{option} {value}" if option.startswith("-") else f"{option}={str(value)!r}"
+
     here = ", ".join(available_devices())
     try:
         device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"--device {name!r} is not a device name; available here: {here}") from None
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(
+            f"{said(name)}: unknown device {str(name)!r}, it is not a device name torch knows; "
+            f"available here: {here}"
+        ) from None
     if device.type == "cpu":
         return device
+    if device.type == "meta":
+        raise DeviceError(
+            f"{said(name)}: device 'meta' holds no data (it only records shapes); pass {said('cpu')}"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = (
@@ -37,13 +52,13 @@ def check_device(name: str) -> torch.device:
                 else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"
             )
             raise DeviceError(
-                f"--device {name}: CUDA is not available, {why}; available here: {here}; pass --device cpu"
+                f"{said(name)}: CUDA is not available, {why}; available here: {here}; pass {said('cpu')}"
             )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise DeviceError(
-                f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
-                f"(cuda:0..cuda:{count - 1}); available here: {here}; pass --device cuda:0"
+                f"{said(name)}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                f"(cuda:0..cuda:{count - 1}); available here: {here}; pass {said('cuda:0')}"
             )
         return device
     if device.type == "mps":
@@ -54,13 +69,13 @@ def check_device(name: str) -> torch.device:
                 else "MPS needs Apple silicon with macOS 12.3 or later"
             )
             raise DeviceError(
-                f"--device {name}: MPS is not available ({why}); available here: {here}; pass --device cpu"
+                f"{said(name)}: MPS is not available ({why}); available here: {here}; pass {said('cpu')}"
             )
         return device
     backend = getattr(torch, device.type, None)
     usable = getattr(backend, "is_available", None)
     if usable is None or not usable():
         raise DeviceError(
-            f"--device {name}: {device.type} is not available in this torch; available here: {here}; pass --device cpu"
+            f"{said(name)}: {device.type} is not available in this torch; available here: {here}; pass {said('cpu')}"
         )
     return device

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .devices import check_device
 from .model import QwenVL
-from .validate import resolve_device
 from .weights_convert.checkpoint import CheckpointError, read_our_config, scan_weights, verify_manifest
 from .weights_convert.mapping import MappingError, check_state_dict
 from .weights_convert.safetensors_io import mmap_tensors, read_header
@@ -40,7 +40,7 @@ def load(
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise CheckpointError(f"dtype must be a floating torch dtype such as torch.bfloat16, got {dtype!r}")
     try:
-        device = resolve_device(device)
+        device = check_device(device, option="device")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     directory = Path(path).expanduser()

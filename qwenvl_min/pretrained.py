@@ -28,8 +28,8 @@ from torch import Tensor
 
 from .checkpoint_settings import generation_settings
 from .config import Config, ConfigError
+from .devices import check_device
 from .model import QwenVL
-from .validate import resolve_device
 from .weights_convert.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -112,7 +112,7 @@ def _from_hf_directory(
     except ConfigError as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
     try:
-        target_device = resolve_device(device)
+        target_device = check_device(device, option="device")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     named = config_json.get("dtype", config_json.get("torch_dtype"))

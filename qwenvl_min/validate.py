@@ -6,7 +6,6 @@ One mechanism per kind of value:
   NaN/inf never finite, 2.5 never a count);
 - `check_finite`: a float tensor must hold no NaN/inf (one reduction, one host sync);
 - `check_sampling`: the sampling arguments of generation, all at once;
-- `resolve_device`: a device string that exists on this machine and can hold data (no `meta`).
 """
 
 from __future__ import annotations
@@ -96,31 +95,6 @@ def check_sampling(
         raise ValueError("top_k / top_p only apply when sampling: set temperature > 0 (0 means greedy)")
     if seed is not None:
         positive_int("seed", seed, minimum=0)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch.device that exists here and holds data; the error says which devices there are."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
-    if dev.type == "meta":
-        raise ValueError("device 'meta' holds no data; use cpu or cuda")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
-                f"built with CUDA {torch.version.cuda}); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0..)")
-    elif dev.type != "cpu":
-        backend = getattr(torch, dev.type, None)
-        available = getattr(backend, "is_available", None)
-        if available is None or not available():
-            raise ValueError(f"device {device!r} is not available on this machine; use cpu or cuda")
-    return dev
 
 
 def guard_finite_hidden_states(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:

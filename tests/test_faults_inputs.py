@@ -22,9 +22,10 @@ from test_cli import _tokenizer_json
 
 from qwenvl_min import Config, get_rope_index
 from qwenvl_min.cli import main
+from qwenvl_min.devices import check_device
 from qwenvl_min.load import load
 from qwenvl_min.processor import preprocess_image, preprocess_video, sample_frame_indices
-from qwenvl_min.validate import check_finite, check_sampling, resolve_device
+from qwenvl_min.validate import check_finite, check_sampling
 from qwenvl_min.weights_convert import CheckpointError, convert_checkpoint
 
 TAPS = "visual.merger.input,text.layers.1"
@@ -266,7 +267,7 @@ def test_device_errors(checkpoint, capsys, device, match):
     if device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     with pytest.raises(ValueError, match=match):
-        resolve_device(device)
+        check_device(device, option="device")
     assert (
         main(
             [
