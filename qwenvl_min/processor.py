@@ -67,9 +67,14 @@ def smart_resize(
     min_pixels: int = IMAGE_MIN_PIXELS,
     max_pixels: int = IMAGE_MAX_PIXELS,
     max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    *,
+    sides_at_least_factor: bool = False,
 ) -> tuple[int, int]:
     """Return the (height, width) an image is resized to: multiples of `factor`, about the same aspect ratio,
     and (normally) min_pixels <= height·width <= max_pixels.
+
+    `sides_at_least_factor`: qwen-vl-utils' variant of the rule (`qwenvl_min.qwen_vl_rules.fit_size`):
+    each rounded side is raised to one `factor` before the pixel budget is applied; HF lets it round to 0.
 
     Identical to HF's `smart_resize`: sides are rounded with Python's `round` (half to even: 70/28 = 2.5 → 2,
     so 70 → 56), too-large sizes are scaled down and floored, too-small ones scaled up and ceiled. The
@@ -96,8 +101,9 @@ def smart_resize(
             f"aspect ratio {ratio:.1f} of a {height}x{width} (h x w) image is over the limit of "
             f"{max_aspect_ratio}; crop or pad the image first"
         )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
+    smallest = factor if sides_at_least_factor else 0
+    h_bar = max(smallest, round(height / factor) * factor)
+    w_bar = max(smallest, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)

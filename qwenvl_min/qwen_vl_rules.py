@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from .processor import smart_resize
 from .validate import finite_number, positive_int
 
 MAX_RATIO = 200
@@ -43,30 +44,7 @@ def fit_size(height: int, width: int, factor: int, min_pixels: float, max_pixels
     28x1988 here and 28x812 there. qwen-vl-utils can also floor a thin image's short side to 0 when it
     scales down (then PIL refuses the resize); we keep it at `factor` instead, as HF does.
     """
-    if min(height, width) <= 0:
-        raise ValueError(f"image size must be positive, got height={height}, width={width}")
-    if min_pixels > max_pixels:
-        raise ValueError(
-            f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels}); lower min_pixels or "
-            "raise max_pixels"
-        )
-    ratio = max(height, width) / min(height, width)
-    if ratio > MAX_RATIO:
-        raise ValueError(
-            f"aspect ratio {ratio:.1f} of a {height}x{width} (h x w) image is over the limit of {MAX_RATIO}; "
-            "crop or pad the image first"
-        )
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
+    return smart_resize(height, width, factor, min_pixels, max_pixels, MAX_RATIO, sides_at_least_factor=True)
 
 
 def frame_count(
