@@ -9,7 +9,7 @@ of one random buffer: conversion cost does not depend on the values). The conver
 another child (the CLI's `main`) whose peak RSS is the figure reported, as ru_maxrss from wait4 and as
 the child's own VmHWM; the target is peak RSS <= largest output shard + 1 GB. (Linux folds the RSS of
 the forking parent into a child's ru_maxrss, which is why the big buffer lives in a child of its own.) A second child loads the result with
-`qwenvl_min.load` (meta device + memory map) and reports its time and peak RSS. Results are printed and
+`qwenvl_min.hf.load` (meta device + memory map) and reports its time and peak RSS. Results are printed and
 written to benchmarks/results/convert-<shapes>-<device>.json with the machine, versions and commit.
 Note: the source was just written, so part of it may still be in the page cache (a warm read).
 """
@@ -142,7 +142,7 @@ def main() -> None:
         manifest = json.loads((dst / "manifest.json").read_text())
         largest_shard = max(r["bytes"] for r in manifest["shards"])
         load_code = (
-            "import time, torch; t = time.perf_counter(); from qwenvl_min.load import load; "
+            "import time, torch; t = time.perf_counter(); from qwenvl_min.hf.load import load; "
             f"m = load({str(dst)!r}); print(time.perf_counter() - t, sum(p.numel() for p in m.parameters()))"
         )
         load_s, load_rss, load_out = run_child(["-c", load_code])

@@ -27,7 +27,12 @@ import transformers
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from qwenvl_min.processor import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, preprocess_image, preprocess_video
+from qwenvl_min.inputs.preprocess import (
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    preprocess_image,
+    preprocess_video,
+)
 
 
 def _device() -> str:

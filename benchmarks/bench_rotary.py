@@ -6,7 +6,7 @@ Cases: Qwen2.5-VL-7B vision 2D-RoPE (16 heads x 80 for q and k, fp32 tables, bf1
 448/896/1344 px images, and text M-RoPE for Qwen2-VL-2B (12 q / 2 kv heads x 128) and 7B (28 / 4) at
 1k-32k tokens (bf16 tables, as the text model passes them).
 Providers: ours-triton (the public call, out of place), ours-triton-inplace, triton:<variant> (every
-rotary variant in `qwenvl_min.kernels._registry`, launched directly), torch (`qwenvl_min.rope.apply_rotary`),
+rotary variant in `qwenvl_min.kernels._registry`, launched directly), torch (`qwenvl_min.model.rope.apply_rotary`),
 hf (transformers' `apply_rotary_pos_emb_vision` / `apply_rotary_pos_emb`), liger (its M-RoPE, in place;
 a row saying why when liger-kernel does not import). Metrics: median microseconds and effective GB/s, counting q and k read
 and written once and the cos/sin tables read once.
@@ -37,9 +37,10 @@ use_interpreter_without_cuda()
 
 from transformers.models.qwen2_vl import modeling_qwen2_vl as hf  # noqa: E402
 
-from qwenvl_min import TextConfig, rope  # noqa: E402
+from qwenvl_min import TextConfig  # noqa: E402
 from qwenvl_min.kernels import _registry, apply_rotary  # noqa: E402
 from qwenvl_min.kernels._rotary import INTERPRETED, STAGE, rotate_into  # noqa: E402
+from qwenvl_min.model import rope  # noqa: E402
 
 # the released text rotary (head_dim 128, theta 1e6, sections [16, 24, 24]) on a one-head config
 ROPE_CONFIG = TextConfig(

@@ -43,7 +43,7 @@ from _common import REPO_ROOT, RESULTS_DIR, environment
 from bench_vision_tower import PeakMemory, _vm_hwm_bytes, build_towers_for
 
 from qwenvl_min import Config
-from qwenvl_min.vision import VisionTower
+from qwenvl_min.model.vision import VisionTower
 
 PRESET = "qwen2.5-vl-7b"
 FRAME_SIDE = 224  # video frame size in pixels

@@ -100,7 +100,7 @@ def _random_tp_model(config, mesh):
 
 def worker_speed(args: argparse.Namespace) -> None:
     from qwenvl_min import Config
-    from qwenvl_min.text import KVCache
+    from qwenvl_min.model.text import KVCache
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     context, mesh = _mesh()

@@ -55,7 +55,7 @@ def make_clip(seconds: int, fps: int = 30, width: int = 1280, height: int = 720)
 
 
 def _old_reader(path: str, wanted: set[int]) -> int:
-    """The decoding loop of qwenvl_min.processor before this change: decode all, convert the wanted."""
+    """The decoding loop of qwenvl_min.inputs.preprocess before this change: decode all, convert the wanted."""
     import av
 
     converted = 0
@@ -70,8 +70,8 @@ def _old_reader(path: str, wanted: set[int]) -> int:
 def run_variant(name: str, path: str) -> dict:
     """In a fresh process: time one variant, then read this process's peak RSS."""
     from qwenvl_min import prepare_vision
-    from qwenvl_min import qwen_vl_rules as rules
-    from qwenvl_min.video_decode import probe, read_frames
+    from qwenvl_min.inputs import qwen_vl_rules as rules
+    from qwenvl_min.inputs.video_decode import probe, read_frames
 
     header = probe(path)
     count = rules.frame_count(header.frames, header.fps)  # qwen-vl-utils' default: 2 fps

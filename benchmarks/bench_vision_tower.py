@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from qwenvl_min import Config
-from qwenvl_min.vision import VisionTower
+from qwenvl_min.model.vision import VisionTower
 from qwenvl_min.weights_convert import hf_key_to_ours
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -157,7 +157,7 @@ def matmul_flops(config: Config, grid: torch.Tensor) -> float:
 
 
 def _window_sizes(config: Config, grid: torch.Tensor) -> list[int]:
-    from qwenvl_min.geometry import window_layout
+    from qwenvl_min.model.geometry import window_layout
 
     return window_layout(grid, config.vision.window_merged, config.vision.merge_size)[1]
 
@@ -204,7 +204,7 @@ def run_once(impl: str, hf, ours: VisionTower, config: Config, pixels, grid, dev
         elif impl == "ours-compiled":
             compiled(ours)(pixels, grid)
         elif impl == "ours+maps":
-            from qwenvl_min.taps import Taps
+            from qwenvl_min.interp.taps import Taps
 
             with Taps(ours, read=[f"blocks.{full_block}.attn.probs"]):  # paths inside the tower
                 ours(pixels, grid)

@@ -7,7 +7,7 @@ layer (segments = 8x8-patch windows, <= 64 tokens, edge windows smaller) or a fu
 frame). Providers:
   ours-triton          the public call as the model makes it (validates cu_seqlens: one host sync)
   ours-triton-nosync   validate=False with max_seqlen given (the kernel alone)
-  torch                `qwenvl_min.attention.segment_attention_torch` (one SDPA call per length group)
+  torch                `qwenvl_min.model.attention.segment_attention_torch` (one SDPA call per length group)
   hf-per-window        transformers' non-flash vision path: split by segment, one SDPA call each
   torch-varlen-flash   PyTorch's own FlashAttention-2 varlen kernel (torch.nn.attention.varlen.varlen_attn,
                        or the aten op on older torch)
@@ -38,11 +38,11 @@ use_interpreter_without_cuda()
 
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
-from qwenvl_min.attention import segment_attention_torch  # noqa: E402
-from qwenvl_min.geometry import frame_lengths, window_layout  # noqa: E402
 from qwenvl_min.kernels import _registry, window_attention  # noqa: E402
 from qwenvl_min.kernels._window_attention import FWD, INTERPRETED, attend_into  # noqa: E402
-from qwenvl_min.segments import Segments  # noqa: E402
+from qwenvl_min.model.attention import segment_attention_torch  # noqa: E402
+from qwenvl_min.model.geometry import frame_lengths, window_layout  # noqa: E402
+from qwenvl_min.model.segments import Segments  # noqa: E402
 
 HEADS, HEAD_DIM = 16, 80
 SCALE = HEAD_DIM**-0.5

@@ -8,7 +8,7 @@ Steps (name, timeout in seconds; the timeouts sum to `TOTAL_TIMEOUT_S` < 8 minut
   install           this checkout beside the machine's own torch (pip --no-deps --no-build-isolation
                     --no-index -e .), liger-kernel from `.wheels/` into a private folder when its wheel
                     is there (`make gpu-wheels`), else reported absent; the environment record
-  kernel_tests      tests/test_kernel_*.py compiled (TRITON_INTERPRET unset: bf16 bit-equality, the
+  kernel_tests      tests/kernels/test_kernel_*.py compiled (TRITON_INTERPRET unset: bf16 bit-equality, the
                     torch.compile / opcheck tests against compiled kernels), pytest-xdist when present
   rotary            gpu_check_rotary.py
   window_attention  gpu_check_attention.py
@@ -44,8 +44,8 @@ BENCH = REPO / "benchmarks"
 LIGER_VERSION = "0.8.5"  # the wheel whose qwen2vl_mrope signature the rotary step was written against
 WHEELS = REPO / ".wheels"
 DRY_RUN_KERNEL_TESTS = [
-    "tests/test_kernel_registry.py::test_unknown_names_fail_clearly",
-    "tests/test_kernel_registry.py::test_signature_covers_int64_pointers_and_names_unknown_dtypes",
+    "tests/kernels/test_kernel_registry.py::test_unknown_names_fail_clearly",
+    "tests/kernels/test_kernel_registry.py::test_signature_covers_int64_pointers_and_names_unknown_dtypes",
 ]
 
 
@@ -204,7 +204,9 @@ class Run:
         if self.dry_run:
             argv += DRY_RUN_KERNEL_TESTS  # the interpreter: a couple of quick tests, same plumbing
         else:
-            argv += sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_kernel_*.py"))
+            argv += sorted(
+                str(p.relative_to(REPO)) for p in (REPO / "tests" / "kernels").glob("test_kernel_*.py")
+            )
             if self.call("xdist?", [sys.executable, "-c", "import xdist"], 30)[0] == 0:
                 argv += ["-n", str(min(8, os.cpu_count() or 1))]
         status, text = self.call(step.name, argv, self.timeout_s(step))

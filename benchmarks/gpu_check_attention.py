@@ -35,7 +35,7 @@ IMAGE_PX = 1344
 
 def layouts(dry_run: bool) -> list[tuple[str, list[int]]]:
     """(name, segment lengths) of every case."""
-    from qwenvl_min.geometry import frame_lengths, window_layout
+    from qwenvl_min.model.geometry import frame_lengths, window_layout
 
     def image(px: int) -> tuple[list[int], list[int]]:
         side = px // 14
@@ -57,7 +57,7 @@ def case_dtype(dry_run: bool) -> torch.dtype:
 
 
 def make_case(name: str, lengths: list[int], dtype: torch.dtype, device: str, heads: int) -> dict:
-    from qwenvl_min.segments import Segments
+    from qwenvl_min.model.segments import Segments
 
     n = sum(lengths)
     qkv = torch.randn(n, 3, heads, HEAD_DIM, device=device, dtype=dtype)  # a fused projection's output
@@ -96,8 +96,8 @@ def providers(case: dict, dry_run: bool, varlen: Callable | None) -> dict[str, C
     """name -> f(q, k, v) for every provider that runs in this mode."""
     import bench_window_attention as bwa
 
-    from qwenvl_min.attention import segment_attention_torch
     from qwenvl_min.kernels import window_attention
+    from qwenvl_min.model.attention import segment_attention_torch
 
     seg, scale = case["segments"], HEAD_DIM**-0.5
     out = {
@@ -123,7 +123,7 @@ def _fwd_bwd(fn: Callable[[Tensor, Tensor, Tensor], Tensor], case: dict) -> Call
 def run(dry_run: bool) -> tuple[list[dict], list[dict], dict]:
     import bench_window_attention as bwa
 
-    from qwenvl_min.attention import segment_attention_torch
+    from qwenvl_min.model.attention import segment_attention_torch
 
     timer = make_timer(dry_run)
     varlen, varlen_api = bwa.torch_varlen()

@@ -1,7 +1,7 @@
 """Every Triton kernel launch the GPU check makes, as `Launch` descriptions built from the steps' own
 case definitions (on meta tensors: shapes, strides and dtypes, no data), so a CPU-only test can check
 that each one's compiled variant (kernel, constexprs, pointer types, warps, stages, options) is among
-the variants `python -m qwenvl_min.kernels._aot --arch 90` compiles (tests/test_gpu_check_aot.py).
+the variants `python -m qwenvl_min.kernels._aot --arch 90` compiles (tests/project/test_gpu_check_aot.py).
 
 What the steps launch: rotary (every registered rotary variant on every case of `gpu_check_rotary`),
 window attention (the default forward on every layout of `gpu_check_attention`, and both backward
@@ -93,8 +93,8 @@ def tower_launches() -> list[tuple[str, object]]:
     import gpu_check_tower as step
 
     from qwenvl_min import Config
-    from qwenvl_min.geometry import frame_lengths, window_layout
     from qwenvl_min.kernels import _registry
+    from qwenvl_min.model.geometry import frame_lengths, window_layout
 
     vision = Config.preset(step.PRESET).vision
     side = step.SIDE_PX // vision.patch_size

@@ -3,7 +3,7 @@ torch ops: `torch.ops.qwenvl_min.rotary` (out of place, differentiable) and `tor
 (in place). `apply_rotary` is the public entry point. The Triton code is `_rotary_triton.py`.
 
 Every token carries a half-width angle row a (R = Dh/2 values, given as cos a and sin a) and each of its
-head vectors x (Dh values) is rotated pairwise (the math of `qwenvl_min.rope.apply_rotary`):
+head vectors x (Dh values) is rotated pairwise (the math of `qwenvl_min.model.rope.apply_rotary`):
     x'[i]     = x[i] cos a[i] - x[i + R] sin a[i]
     x'[i + R] = x[i + R] cos a[i] + x[i] sin a[i]            i < R
 The rotation is orthogonal, so the backward pass is the rotation by -a (sin -> -sin) applied to the
@@ -182,7 +182,7 @@ def apply_rotary(
     qkv). Math in promote(q dtype, table dtype) with torch's rounding (module docstring); outputs in q's
     dtype. Out of place by default (new contiguous tensors); `inplace=True` writes into q and k and
     returns them. Differentiable in q and k (backward = rotation by -theta); cos/sin receive no gradient.
-    Traceable by torch.compile without graph breaks. Torch reference: `qwenvl_min.rope.apply_rotary`.
+    Traceable by torch.compile without graph breaks. Torch reference: `qwenvl_min.model.rope.apply_rotary`.
     """
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
     if needs_grad or torch.compiler.is_compiling():  # through the ops: autograd, fake tensors

@@ -153,7 +153,7 @@ def rotary_launch(
 def aot_cases() -> list[tuple[str, tuple]]:
     """Arguments of `rotary_launch` (after the kernel) covering every compute dtype family and both
     layouts: bf16 and fp32 with fp32 tables (vision), fp16, bf16 and fp32 with same-dtype tables (text
-    M-RoPE). The GPU check launches a subset of these (tests/test_gpu_check_aot.py)."""
+    M-RoPE). The GPU check launches a subset of these (tests/project/test_gpu_check_aot.py)."""
     cases = []
     for dtype, table_dtype, lead, head_dim, conjugate in (
         (torch.bfloat16, torch.float32, (8,), 80, False),

@@ -204,9 +204,9 @@ def window_attention(
 
     The checks of cu_seqlens' values (and computing max_seqlen) copy it to the host: one sync per call.
     `validate=False` skips that copy when max_seqlen is given (the caller vouches for cu_seqlens, e.g.
-    one built by `qwenvl_min.segments.Segments`); shapes, dtypes, devices and strides are always checked.
+    one built by `qwenvl_min.model.segments.Segments`); shapes, dtypes, devices and strides are always checked.
     Under torch.compile, pass validate=False and max_seqlen (module docstring).
-    Torch reference: `qwenvl_min.attention.segment_attention_torch`.
+    Torch reference: `qwenvl_min.model.attention.segment_attention_torch`.
     """
     _check_static(q, k, v, cu_seqlens, max_seqlen)
     compiling = torch.compiler.is_compiling()

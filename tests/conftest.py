@@ -12,7 +12,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The qwen-vl-utils comparison counts, when that parity test ran (tests/test_qwen_vl_utils_parity.py)."""
+    """The qwen-vl-utils comparison counts, when that parity test ran (tests/inputs/test_qwen_vl_utils_parity.py)."""
     import sys
 
     oracle = sys.modules.get("qwen_vl_utils_oracle")

@@ -1,5 +1,5 @@
 """Helpers for the fault-injection tests: a tiny HF checkpoint and a subprocess paused at a named point
-(qwenvl_min.faults), so a test can kill it, signal it or race it at exactly that moment, without sleeps."""
+(qwenvl_min.utils.faults), so a test can kill it, signal it or race it at exactly that moment, without sleeps."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from qwenvl_min import Config, QwenVL
-from qwenvl_min.faults import ENV
+from qwenvl_min.utils.faults import ENV
 from qwenvl_min.weights_convert import our_state_dict_to_hf
 
 TIMEOUT = 60  # seconds any child may take to reach its pause point or to finish

@@ -20,7 +20,7 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.video_utils import VideoMetadata
 
 from qwenvl_min import Config
-from qwenvl_min.processor import concat_outputs, preprocess_video
+from qwenvl_min.inputs.preprocess import concat_outputs, preprocess_video
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
 SPECIAL += ["<|image_pad|>", "<|video_pad|>"]  # ids 0..6 in this order

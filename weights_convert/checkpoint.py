@@ -1,6 +1,6 @@
 """Checkpoint directories on disk: file names, our config.json and manifest, and finding the weights.
 
-Shared by the converter (both directions) and `qwenvl_min.load`. A directory holds `config.json` and
+Shared by the converter (both directions) and `qwenvl_min.hf.load`. A directory holds `config.json` and
 either one `model.safetensors` or shards listed in `model.safetensors.index.json` (the HF convention;
 our converted checkpoints always use an index). Converted checkpoints also carry `manifest.json`.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError
+from ..model.config import Config, ConfigError
 from .safetensors_io import (
     Header,
     SafetensorsFormatError,
@@ -68,7 +68,7 @@ def read_our_config(directory: Path) -> Config:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(
-            f"{directory} is not a directory. qwenvl_min.load expects a checkpoint converted with "
+            f"{directory} is not a directory. qwenvl_min.hf.load expects a checkpoint converted with "
             f"`{CONVERT_HINT}`"
         )
     data = read_json(directory / CONFIG_FILE, "the model config")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
+from ..utils.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from .checkpoint import CheckpointError
 from .convert import DEFAULT_SHARD_SIZE, DTYPE_CHOICES, convert_checkpoint, export_to_hf
 

@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..config import Config, ConfigError
-from ..faults import pause_point
-from ..progress import progress_bar
+from ..model.config import Config, ConfigError
+from ..utils.faults import pause_point
+from ..utils.progress import progress_bar
 from .checkpoint import (
     CONFIG_FILE,
     FORMAT,
@@ -109,7 +109,7 @@ def convert_checkpoint(
     """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint (local directory or hub id) to our layout at `dst`.
 
     dtype: cast floating tensors (default: keep each source dtype). shard_size: bytes or "5GB"/"2GiB".
-    progress: a bar (None: by `qwenvl_min.progress`'s rule: on a terminal, unless quieted). Returns the absolute path of `dst`.
+    progress: a bar (None: by `qwenvl_min.utils.progress`'s rule: on a terminal, unless quieted). Returns the absolute path of `dst`.
     """
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
     with Destination(dst, force) as dest:  # locked and checked before a possibly long download
@@ -118,7 +118,7 @@ def convert_checkpoint(
         hf_config = read_json(src_dir / CONFIG_FILE, "the Hugging Face model config")
         if is_converted(hf_config):
             raise CheckpointError(
-                f"{src_dir} is already a qwenvl-min checkpoint: load it with qwenvl_min.load, or export it "
+                f"{src_dir} is already a qwenvl-min checkpoint: load it with qwenvl_min.hf.load, or export it "
                 "with --to-hf (export_to_hf)"
             )
         try:

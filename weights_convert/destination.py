@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from types import TracebackType
 
-from ..fs import ExclusiveLock, LockedError, apply_umask, rename_exchange, rename_noreplace
+from ..utils.fs import ExclusiveLock, LockedError, apply_umask, rename_exchange, rename_noreplace
 from .checkpoint import CONFIG_FILE, FORMAT, INDEX_FILE, MANIFEST_FILE, CheckpointError, read_json
 
 STAGING_MARK = ".qwenvl-min-staging"  # written first into every staging directory

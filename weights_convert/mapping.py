@@ -23,7 +23,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from ..config import Config
+from ..model.config import Config
 
 # THE key table: (published HF template, our template); None = dropped on purpose. Placeholders: {i} a
 # layer index, {p} weight|bias, {leaf} the rest of a key that both sides spell alike. Export inverts it.
@@ -120,7 +120,7 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
 
 @cache
 def _expected_shapes(config: Config) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    from ..model import QwenVL  # the model imports this package lazily too
+    from ..model.qwenvl import QwenVL
 
     with torch.device("meta"):
         model = QwenVL(config, kernels="torch")

@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from ..cli_support import DTYPES, CliError
-from ..model import QwenVL
-from ..validate import guard_finite_hidden_states
+from ..cli.support import DTYPES, CliError
+from ..model.qwenvl import QwenVL
+from ..utils.validate import guard_finite_hidden_states
 from ..weights_convert.checkpoint import CheckpointError
 from .launch import DistContext, init_distributed, tp_mesh
 from .sharded_load import load_sharded

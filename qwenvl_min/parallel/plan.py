@@ -49,7 +49,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from torch.distributed.tensor.parallel.style import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..config import Config
+from ..model.config import Config
 
 
 class TensorParallelError(ValueError):

@@ -24,9 +24,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..checkpoint_settings import generation_settings
-from ..config import Config, ConfigError
-from ..model import QwenVL
+from ..inputs.checkpoint_settings import generation_settings
+from ..model.config import Config, ConfigError
+from ..model.qwenvl import QwenVL
 from ..weights_convert.checkpoint import (
     CONFIG_FILE,
     CheckpointError,

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from ..attention import SegmentMaps
-from ..taps import Replacement, Taps
+from ..interp.taps import Replacement, Taps
+from ..model.attention import SegmentMaps
 from .plan import TapLayout, tap_layouts
 
 

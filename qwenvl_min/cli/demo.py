@@ -1,0 +1,246 @@
+"""`qwenvl-min demo`: the main job on an embedded default, no download.
+
+A tiny Qwen2.5-VL (or Qwen2-VL) with seeded random weights, a generated picture and a six-frame video,
+followed through the model: resize, grid, patches, windows, merged tokens, 3-D positions, per-stage
+timings, a few generated tokens, and PNGs of the tiling and of one vision block's attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from ..inputs.preprocess import (
+    IMAGE_MAX_PIXELS,
+    IMAGE_MIN_PIXELS,
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    preprocess_image,
+    preprocess_video,
+    smart_resize,
+)
+from ..interp.taps import SegmentMaps
+from ..model.config import Config
+from ..model.positions import get_rope_index
+from ..model.qwenvl import QwenVL
+from .support import FAMILIES, vision_prompt, window_summary
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def demo_image(width: int = 300, height: int = 220) -> Image.Image:
+    """A recognisable synthetic picture: sky gradient, sun, house, tree, ground and a checkerboard."""
+    y = np.linspace(0, 1, height)[:, None, None]
+    sky = (np.array([40, 90, 200]) * (1 - y) + np.array([190, 220, 255]) * y).astype(np.uint8)
+    image = Image.fromarray(np.broadcast_to(sky, (height, width, 3)).copy())
+    d = ImageDraw.Draw(image)
+    d.rectangle([0, int(height * 0.72), width, height], fill=(70, 150, 60))
+    d.ellipse([width - 80, 18, width - 30, 68], fill=(255, 215, 40))
+    d.rectangle([60, 100, 150, 170], fill=(190, 50, 40))
+    d.polygon([(50, 102), (105, 60), (160, 102)], fill=(110, 60, 40))
+    d.rectangle([95, 135, 115, 170], fill=(60, 40, 30))
+    d.rectangle([70, 115, 88, 132], fill=(200, 230, 255))
+    d.rectangle([190, 120, 202, 175], fill=(100, 70, 40))
+    d.ellipse([170, 80, 222, 132], fill=(40, 120, 50))
+    for i in range(4):
+        for j in range(4):
+            if (i + j) % 2 == 0:
+                d.rectangle([230 + 12 * j, 150 + 12 * i, 241 + 12 * j, 161 + 12 * i], fill=(250, 250, 250))
+    return image
+
+
+def demo_video(frames: int = 6, width: int = 224, height: int = 168) -> list[Image.Image]:
+    """A ball crossing a gradient, one position per frame."""
+    out = []
+    for k in range(frames):
+        x = np.linspace(0, 255, width, dtype=np.float64)[None, :, None]
+        background = np.broadcast_to(
+            np.concatenate([x, 255 - x, np.full_like(x, 128)], axis=2), (height, width, 3)
+        )
+        frame = Image.fromarray(background.astype(np.uint8))
+        cx = 30 + k * (width - 60) // max(1, frames - 1)
+        ImageDraw.Draw(frame).ellipse(
+            [cx - 22, height // 2 - 22, cx + 22, height // 2 + 22], fill=(255, 255, 255)
+        )
+        out.append(frame)
+    return out
+
+
+def _position_summary(config: Config, ids: Tensor, positions: Tensor) -> list[str]:
+    """One line per run of text / image / video tokens with the range of each position axis."""
+    kinds = {config.image_token_id: "image", config.video_token_id: "video"}
+    row, pos = ids[0].tolist(), positions[:, 0]
+    lines, start = [], 0
+    for i in range(1, len(row) + 1):
+        if i < len(row) and kinds.get(row[i], "text") == kinds.get(row[start], "text"):
+            continue
+        kind = kinds.get(row[start], "text")
+        axes = [
+            f"{axis} {int(pos[a, start:i].min())}..{int(pos[a, start:i].max())}"
+            for a, axis in enumerate("thw")
+        ]
+        lines.append(
+            f"  {kind:<6}{i - start:>5} tokens   " + ("   ".join(axes) if kind != "text" else axes[0][2:])
+        )
+        start = i
+    return lines
+
+
+def _demo_pictures(
+    out: Path,
+    config: Config,
+    image_in: dict[str, Tensor],
+    video_in: dict[str, Tensor],
+    maps: SegmentMaps,
+    block: int,
+    frame_count: int,
+) -> list[Path]:
+    """The demo's PNGs: image tiling, attention heatmaps of `block`, first video frame tiling."""
+    from ..interp.overlay import (
+        draw_heatmap,
+        draw_tiling,
+        frames_from_patches,
+        patch_grid_values,
+        patch_row_index,
+    )
+
+    v = config.vision
+    grid = tuple(image_in["image_grid_thw"][0].tolist())
+    pixels = frames_from_patches(image_in["pixel_values"], grid)[0]
+    caption = [
+        f"{config.name}: {grid[1]}x{grid[2]} patches of 14 px -> {grid[1] * grid[2] // 4} tokens",
+        "thin: patches  bright: 2x2 merge blocks"
+        + ("  colour: attention windows" if v.family == "qwen2_5_vl" else ""),
+    ]
+    window = v.window_merged if v.family == "qwen2_5_vl" else None
+    written = [
+        out / "demo_input.png",
+        out / "demo_tiling.png",
+        out / "demo_attention.png",
+        out / "demo_video_tiling.png",
+    ]
+    draw_tiling(pixels, grid[1:], window_merged=window, caption=caption).save(written[1])
+
+    n = grid[1] * grid[2]
+    dense = maps.dense(n).mean(0)  # (N, N) mean over heads, input row order
+    centre = (grid[1] // 2, grid[2] // 2)
+    query = patch_row_index(grid, *centre)
+    from_centre = draw_heatmap(
+        pixels,
+        patch_grid_values(dense[query], grid),
+        marker=centre,
+        caption=[f"block {block}: attention from the centre patch", "(mean over heads)"],
+    )
+    received = draw_heatmap(
+        pixels,
+        patch_grid_values(dense.mean(0), grid),
+        caption=[f"block {block}: mean attention received", "per patch (mean over heads, queries)"],
+    )
+    panel = Image.new(
+        "RGB",
+        (from_centre.width + received.width + 8, max(from_centre.height, received.height)),
+        (24, 24, 28),
+    )
+    panel.paste(from_centre, (0, 0))
+    panel.paste(received, (from_centre.width + 8, 0))
+    panel.save(written[2])
+
+    vgrid = tuple(video_in["video_grid_thw"][0].tolist())
+    first = frames_from_patches(video_in["pixel_values_videos"], vgrid)[0]
+    vcaption = [
+        f"video frame 0 of {frame_count}: {vgrid[1]}x{vgrid[2]} patches, {vgrid[0]} temporal patches",
+        f"-> {vgrid[0] * vgrid[1] * vgrid[2] // 4} tokens",
+    ]
+    draw_tiling(first, vgrid[1:], window_merged=window, caption=vcaption).save(written[3])
+    return written
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..generate.loop import stream
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = Config.preset(FAMILIES[args.family])
+    model = QwenVL(config).eval()
+    v = config.vision
+    print(
+        f"qwenvl-min demo: {config.name} with seeded random weights (no download), {torch.get_num_threads()} threads"
+    )
+
+    # preprocess
+    image, frames, fps = demo_image(), demo_video(), 2.0
+    image.save(out / "demo_input.png")
+    t0 = time.perf_counter()
+    image_in = preprocess_image(image)
+    video_in = preprocess_video(frames, fps=fps)
+    t_pre = time.perf_counter() - t0
+    for what, size, inputs, grid_key, budget in (
+        ("image", image.size, image_in, "image_grid_thw", (IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)),
+        ("video", frames[0].size, video_in, "video_grid_thw", (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)),
+    ):
+        grid = inputs[grid_key]
+        t, h, w = grid[0].tolist()
+        rows = inputs["pixel_values" if what == "image" else "pixel_values_videos"].shape
+        resized = smart_resize(size[1], size[0], v.patch_size * v.merge_size, *budget)
+        source = f"{size[0]}x{size[1]} px" + (
+            f", {len(frames)} frames @ {fps:g} fps" if what == "video" else ""
+        )
+        print(f"{what}: {source}")
+        print(
+            f"  smart_resize      -> {resized[1]}x{resized[0]} px (multiples of 28; {budget[0]}..{budget[1]} px)"
+        )
+        print(f"  grid (t, h, w)    {t} x {h} x {w} patches of {v.patch_size} px")
+        print(f"  patches           {rows[0]} rows x {rows[1]} values")
+        print(f"  windows           {window_summary(config, torch.tensor([[1, h, w]]))} (per temporal patch)")
+        print(f"  merged tokens     {t * h * w // v.merge_size**2} (2x2 patches each)")
+
+    # prompt: a few stand-in text ids around the two vision blocks (the tiny model has no tokenizer)
+    vision = image_in | video_in
+    if config.model_type == "qwen2_vl":
+        vision.pop("second_per_grid_ts")  # Qwen2-VL steps one position per temporal patch
+    text = torch.randint(0, config.bos_token_id, (9,), generator=torch.Generator().manual_seed(1))
+    ids = torch.cat([text[:5], vision_prompt(config, vision)[0], text[5:]])[None]
+    positions, deltas = get_rope_index(
+        config, ids, vision["image_grid_thw"], vision["video_grid_thw"], vision.get("second_per_grid_ts")
+    )
+    print(f"prompt: {ids.shape[1]} tokens; 3-D positions (t, h, w):")
+    print("\n".join(_position_summary(config, ids, positions)))
+    top = int(positions.max())
+    print(
+        f"  delta {int(deltas[0, 0])}: new token n takes position {ids.shape[1]} + n + ({int(deltas[0, 0])}) = {top + 1} + n on all axes"
+    )
+
+    # vision tower alone, reading one block's attention maps for the heatmap
+    block = max(v.fullatt_block_indexes) if v.fullatt_block_indexes else v.depth - 1
+    maps_name = f"visual.blocks.{block}.attn.probs"
+    t0 = time.perf_counter()
+    with torch.inference_mode(), model.taps(read=[maps_name]) as taps:
+        model.visual(image_in["pixel_values"], image_in["image_grid_thw"])
+    t_vision = time.perf_counter() - t0
+
+    # generation: time to the first token is the prefill (vision tower included)
+    t0 = time.perf_counter()
+    stamps, tokens = [], []
+    for step in stream(model, ids, **vision, max_new_tokens=args.new_tokens, stop_token_ids=()):
+        stamps.append(time.perf_counter())
+        tokens.append(int(step[0]))
+    t_prefill = stamps[0] - t0
+    per_token = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+    print(
+        f"timings: preprocess {_ms(t_pre)} | vision tower (image, with attention tap) {_ms(t_vision)} | "
+        f"prefill incl. vision {_ms(t_prefill)} | decode {_ms(per_token)}/token"
+    )
+    print(f"generated ids: {tokens}  (random weights: ids, not words)")
+
+    written = _demo_pictures(out, config, image_in, video_in, taps.cache[maps_name], block, len(frames))
+    print("wrote: " + "  ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,216 @@
+"""What the `qwenvl-min` subcommands share: input files to model inputs, the token-free vision prompt,
+window summaries, loading a checkpoint (HF or converted), and the error type the CLI prints as one line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
+from ..inputs.checkpoint_settings import VisionSettings, image_settings, video_settings
+from ..inputs.preprocess import (
+    IMAGE_MAX_PIXELS,
+    IMAGE_MIN_PIXELS,
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+    preprocess_image,
+)
+from ..inputs.vision_messages import prepare_vision
+from ..model.config import Config
+from ..model.geometry import window_layout
+from ..model.qwenvl import QwenVL
+from ..utils.devices import DeviceError, check_device
+from ..utils.validate import guard_finite_hidden_states
+from ..weights_convert.safetensors_io import header_sha256
+
+log = logging.getLogger(__name__)
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
+RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b"}  # inspect: the released vision geometry
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoFlags:
+    """The CLI's video sampling flags (None: qwen-vl-utils' default, 2 fps and its total-pixel cap)."""
+
+    fps: float | None = None
+    num_frames: int | None = None
+    max_frames: int | None = None
+    total_pixels: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> VideoFlags:
+        return cls(args.fps, args.num_frames, args.max_frames, args.total_pixels)
+
+
+def pixel_range(
+    min_pixels: int | None, max_pixels: int | None, default_min: int, default_max: int
+) -> tuple[int, int]:
+    """Per kind: an explicit flag wins over the default (the checkpoint's, else the library's); a max below
+    the default min lowers the min to it (an explicit min above an explicit max is still an error)."""
+    high = default_max if max_pixels is None else max_pixels
+    low = default_min if min_pixels is None else min_pixels
+    if min_pixels is None and max_pixels is not None:
+        low = min(low, max_pixels)
+    return low, high
+
+
+def image_inputs(
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
+    settings: VisionSettings | None = None,
+) -> dict[str, Tensor]:
+    """An image file -> the model's image kwargs. None: the checkpoint's processor settings when given
+    (`settings`), else the library's default pixel budget (see `pixel_range`)."""
+    settings = settings or VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
+    low, high = pixel_range(min_pixels, max_pixels, settings.min_pixels, settings.max_pixels)
+    return preprocess_image(
+        path,
+        min_pixels=low,
+        max_pixels=high,
+        patch_size=settings.patch_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        merge_size=settings.merge_size,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
+    )
+
+
+def video_inputs(
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
+    settings: VisionSettings | None = None,
+    flags: VideoFlags = VideoFlags(),
+) -> dict[str, Tensor]:
+    """A video file -> the model's video kwargs, sampled and sized by qwen-vl-utils' rules (what the model
+    cards' pipeline feeds the model: 2 fps, 128..768 tokens a frame, a total-pixel cap for long videos),
+    changed only by the flags. The checkpoint's settings give the patch / merge sizes."""
+    settings = settings or VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+    item: dict[str, object] = {"type": "video", "video": os.fspath(path)}
+    options = {
+        "fps": flags.fps,
+        "nframes": flags.num_frames,
+        "max_frames": flags.max_frames,
+        "total_pixels": flags.total_pixels,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+    item |= {k: v for k, v in options.items() if v is not None}
+    vision = prepare_vision(
+        [{"role": "user", "content": [item]}],
+        patch_size=settings.patch_size,
+        merge_size=settings.merge_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
+    )
+    return vision.model_inputs()
+
+
+def preprocess(
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None = None,
+    checkpoint_dir: Path | None = None,
+    flags: VideoFlags = VideoFlags(),
+) -> dict[str, Tensor]:
+    """One input file, image or video by suffix -> the model's vision kwargs (budget checked first); the
+    checkpoint's processor settings are the defaults when `checkpoint_dir` is given."""
+    if is_video(path):
+        settings = None if checkpoint_dir is None else video_settings(checkpoint_dir)
+        return video_inputs(path, min_pixels, max_pixels, max_tokens, settings, flags)
+    settings = None if checkpoint_dir is None else image_settings(checkpoint_dir)
+    return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
+
+
+def checkpoint_fingerprint(directory: Path) -> str:
+    """sha256 naming a checkpoint's weights cheaply: our manifest when there is one, else config.json and
+    every safetensors file's size and header (names, dtypes, shapes, offsets)."""
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    digest = hashlib.sha256((directory / "config.json").read_bytes())
+    for path in sorted(directory.glob("*.safetensors")):
+        digest.update(f"{path.name}:{path.stat().st_size}:{header_sha256(path)}".encode())
+    return digest.hexdigest()
+
+
+def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
+    """(1, T) ids holding just the vision blocks, <|vision_start|> pads <|vision_end|> each: what `latents`
+    runs (no tokenizer needed) and what the demo's prompt is built around."""
+    ids: list[int] = []
+    for grid_key, pad in (
+        ("image_grid_thw", config.image_token_id),
+        ("video_grid_thw", config.video_token_id),
+    ):
+        for t, h, w in inputs.get(grid_key, torch.empty(0, 3)).tolist():
+            tokens = t * h * w // config.vision.merge_size**2
+            ids += [config.vision_start_token_id, *[pad] * tokens, config.vision_end_token_id]
+    return torch.tensor([ids])
+
+
+def window_summary(config: Config, grid_thw: Tensor) -> str:
+    """e.g. '6 windows of up to 8x8 patches: 4 x 64, 2 x 32 patches'; Qwen2-VL attends per frame."""
+    v = config.vision
+    if v.family == "qwen2_vl":
+        return f"none (Qwen2-VL: every block attends to the whole frame, {int(grid_thw[0, 1] * grid_thw[0, 2])} patches)"
+    _, sizes = window_layout(grid_thw, v.window_merged, v.merge_size)
+    side = v.window_merged * v.merge_size
+    counts = ", ".join(f"{n} x {size}" for size, n in sorted(Counter(sizes).items(), reverse=True))
+    full = ", ".join(map(str, v.fullatt_block_indexes)) or "none"
+    return f"{len(sizes)} of up to {side}x{side} patches ({counts} patches); full-frame blocks: {full}"
+
+
+def load_model(
+    path: str, dtype: str | None, device: str, verify: bool = False, finite_guard: bool = True
+) -> QwenVL:
+    """An HF checkpoint directory, a Hub id or a converted checkpoint (checked against its manifest, every
+    byte with verify), whose forward raises on NaN/inf hidden states instead of answering garbage
+    (`finite_guard`: a forward hook; off for compiled generation, which refuses hooks and whose sampling
+    checks every step's logits instead)."""
+    from ..hf.pretrained import from_pretrained
+    from ..weights_convert.checkpoint import CheckpointError
+
+    try:
+        check_device(device)  # before reading any weights
+    except DeviceError as err:
+        raise CliError(str(err)) from None
+    started = time.perf_counter()
+    try:
+        model = from_pretrained(
+            path, dtype="auto" if dtype is None else DTYPES[dtype], device=device, verify=verify
+        )
+    except CheckpointError as err:
+        raise CliError(str(err)) from err
+    if finite_guard:
+        guard_finite_hidden_states(model)
+    log.debug(
+        "loaded %s (%s, %s, %s) in %.1f s",
+        model.checkpoint_dir,
+        model.config.model_type,
+        model.text.embed_tokens.weight.dtype,
+        device,
+        time.perf_counter() - started,
+    )
+    return model

@@ -1,0 +1,5 @@
+"""Generation: `generate` / `stream` (eager or compiled decoding) over a `QwenVL`."""
+
+from .loop import generate, stream
+
+__all__ = ["generate", "stream"]

@@ -1,0 +1,185 @@
+"""`QwenVL.from_pretrained(path_or_hub_id)`: a Hugging Face checkpoint (or one of ours) straight into a model.
+
+Accepted: an HF checkpoint directory (either key layout, `model.safetensors` or shards with an index, flat
+4.x or nested 5.x config.json), a Hub id (downloaded with huggingface_hub; offline, a clear error), or a
+directory written by our converter (handed to `qwenvl_min.hf.load`).
+
+Loading an HF directory:
+- config.json -> `Config.from_hf` (its refusals are documented in docs/hf.md);
+- the safetensors headers -> `plan_hf_to_ours`, the planner the converter uses: every key mapped or dropped
+  on purpose (rotary buffers, a tied lm_head that must equal the embeddings), shapes against the config,
+  all before any tensor data is read;
+- the model is built on the meta device and each tensor is a view into a private memory map of its shard.
+  Kept in its stored dtype on the CPU, a weight *is* that view (nothing is copied; pages are read when
+  first used). Cast or moved to another device, the converted tensor is the only copy: the source pages
+  just read are dropped from the map right away, so peak memory stays about one copy of the weights in
+  the requested dtype.
+As with `load`: do not modify or truncate the shards while a model mapped from them runs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..inputs.checkpoint_settings import generation_settings
+from ..model.config import Config, ConfigError
+from ..model.qwenvl import QwenVL
+from ..utils.devices import check_device
+from ..weights_convert.checkpoint import CONFIG_FILE, CheckpointError, is_converted, read_json, scan_weights
+from ..weights_convert.convert import DTYPE_CHOICES, resolve_source
+from ..weights_convert.mapping import MappingError, hf_tensor_to_ours, plan_hf_to_ours
+from ..weights_convert.numerics import LOADABLE
+from ..weights_convert.safetensors_io import TensorInfo
+
+_PAGE = mmap.PAGESIZE
+
+
+def from_pretrained(
+    path_or_hub_id: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    verify: bool = False,
+) -> QwenVL:
+    """A QwenVL in eval mode; `model.checkpoint_dir` is the resolved directory and
+    `model.generation_settings` its generation_config.json (the defaults of `qwenvl_min.generate`); its
+    processor files and chat template are read by `qwenvl_min.Processor.from_pretrained`.
+
+    dtype: "auto" (the dtype config.json names, else as stored), a torch floating dtype, or one of
+    "float32", "bfloat16", "float16". device: where the weights end up ("cpu", "cuda", "cuda:1").
+    verify: check the sha256 of every shard of a converted checkpoint against its manifest (HF
+    checkpoints have no manifest: asking for it there is an error).
+    """
+    directory, _ = resolve_source(path_or_hub_id)
+    config_json = read_json(directory / CONFIG_FILE, "the model config")
+    if is_converted(config_json):
+        from .load import load
+
+        requested = _requested_dtype(dtype, None, directory)
+        model = load(directory, dtype=requested, device=device, verify=verify)
+    else:
+        if verify:
+            raise CheckpointError(
+                f"{directory} is a Hugging Face checkpoint: it has no manifest to verify (verify / --verify "
+                "checks the checksums our converter records); drop verify"
+            )
+        model = _from_hf_directory(directory, config_json, dtype, device)
+    model.checkpoint_dir = directory
+    model.generation_settings = generation_settings(directory)
+    return model
+
+
+def _requested_dtype(dtype: str | torch.dtype, named: object, directory: Path) -> torch.dtype | None:
+    """None keeps each tensor as stored; "auto" takes config.json's dtype when it names one."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in LOADABLE:
+            raise CheckpointError(
+                f"dtype {dtype} cannot hold model weights; use torch.float32, torch.bfloat16 or torch.float16"
+            )
+        return dtype
+    if dtype == "auto":
+        if named is None:
+            return None
+        if not isinstance(named, str) or named.removeprefix("torch.") not in DTYPE_CHOICES:
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE} names dtype {named!r}, which is not float32, bfloat16 or float16; "
+                "pass dtype= explicitly"
+            )
+        return DTYPE_CHOICES[named.removeprefix("torch.")]
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_CHOICES:
+        return DTYPE_CHOICES[dtype.lower()]
+    raise CheckpointError(
+        f'invalid dtype {dtype!r}: use "auto", a torch dtype, or one of float32, bfloat16, float16'
+    )
+
+
+def _from_hf_directory(
+    directory: Path, config_json: dict, dtype: str | torch.dtype, device: str | torch.device
+) -> QwenVL:
+    try:
+        config = Config.from_hf(config_json)
+    except ConfigError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
+    try:
+        target_device = check_device(device, option="device")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    named = config_json.get("dtype", config_json.get("torch_dtype"))
+    requested = _requested_dtype(dtype, named, directory)
+    weights = scan_weights(directory)  # headers only: index against shards, every key's file and offsets
+    try:
+        plan = plan_hf_to_ours(
+            config,
+            {key: info.shape for key, (_, info) in weights.items()},
+            what=f"the weights in {directory}",
+        )
+    except MappingError as err:
+        raise CheckpointError(f"{directory}: {err} (config: {directory / CONFIG_FILE})") from err
+    stored = {weights[hf_key][1].dtype for hf_key in plan.sources.values()}
+    if requested is None and (len(stored) != 1 or not stored <= set(LOADABLE)):
+        names = sorted(str(d).removeprefix("torch.") for d in stored)
+        raise CheckpointError(
+            f"{directory}: the weights are stored as {names}; the model runs in one floating dtype, so pass "
+            "dtype=torch.bfloat16 (or float16 / float32)"
+        )
+    maps = _Maps()
+    if plan.tied_lm_head is not None:
+        lm_head = maps.view(*weights[plan.tied_lm_head])
+        embed = maps.view(*weights[plan.sources["text.embed_tokens.weight"]])
+        if not torch.equal(lm_head, embed):
+            raise CheckpointError(
+                f"{directory}: config.json ties lm_head to the embeddings (tie_word_embeddings) but "
+                f"{plan.tied_lm_head} differs from them; fix tie_word_embeddings in config.json"
+            )
+        del lm_head, embed
+        maps.drop(*weights[plan.tied_lm_head])
+    state: dict[str, Tensor] = {}
+    for key, hf_key in plan.sources.items():
+        path, info = weights[hf_key]
+        source = hf_tensor_to_ours(key, maps.view(path, info))
+        tensor = source.to(target_device)  # to the device first: a cast on a GPU needs no host copy
+        if requested is not None and tensor.is_floating_point() and tensor.dtype != requested:
+            tensor = tensor.to(requested)
+        if tensor.data_ptr() != source.data_ptr() or tensor.device != source.device:
+            maps.drop(path, info)  # the converted copy is all we keep: release the pages just read
+        state[key] = tensor
+    with torch.device("meta"):
+        model = QwenVL(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+class _Maps:
+    """One private (copy-on-write) memory map per shard; tensors are views into it."""
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def _map(self, path: Path) -> mmap.mmap:
+        if path not in self._maps:
+            with open(path, "rb") as f:
+                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._maps[path]
+
+    def view(self, path: Path, info: TensorInfo) -> Tensor:
+        if info.end == info.start:
+            return torch.empty(info.shape, dtype=info.dtype)
+        raw = torch.frombuffer(
+            self._map(path), dtype=torch.uint8, count=info.end - info.start, offset=info.start
+        )
+        if info.start % info.dtype.itemsize:  # another writer placed it unaligned: copy that one
+            raw = raw.clone()
+        return raw.view(info.dtype).reshape(info.shape)
+
+    def drop(self, path: Path, info: TensorInfo) -> None:
+        """Forget the resident pages of one tensor's bytes (clean private pages: a later read of a
+        neighbouring tensor simply reads them from the file again)."""
+        if info.end == info.start or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = info.start // _PAGE * _PAGE
+        self._map(path).madvise(mmap.MADV_DONTNEED, start, info.end - start)

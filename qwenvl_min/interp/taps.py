@@ -1,0 +1,225 @@
+"""Taps: read and replace internal tensors of a forward by name, through the module tree's own hooks.
+
+A tap name is a module path (`model.named_modules()`), with a suffix for the few points that are not a
+module's output:
+
+| name                                 | tensor                                                           |
+|--------------------------------------|------------------------------------------------------------------|
+| `<module path>`                      | the module's output, e.g. `visual.blocks.3`, `text.layers.12.mlp` |
+| `<module path>.input`                | the module's first input, e.g. `visual.merger.input` (pre-merge)  |
+| `<attention path>.probs`             | attention probabilities (fp32) of one attention module            |
+
+Useful ones: `visual.patch_embed` (N, D) patch embeddings; `visual.blocks.{i}` (N, D); `visual.merger.input`
+(N, D) the pre-merge patch features; `visual.merger` (M, E) the merged features, one row per pad token;
+`text.layers.0.input` (B, T, E) token embeddings with the vision features inserted; `text.layers.{i}`
+(B, T, E); `text.norm` (B, T, E) what the lm_head sees; `visual.blocks.{i}.attn.probs` a `SegmentMaps`;
+`text.layers.{i}.attn.probs` (B, heads, T, K). `tap_names(model)` lists every name.
+
+Vision tensors are in pixel_values row order (every module of the tower works in that order) and cover
+the images' rows first, then the videos'. A replacement is a tensor of the same shape or a function
+`f(tensor) -> tensor`; it flows into the rest of the forward, and a read of the same name records what
+flows on. Reading or replacing `.probs` swaps that module's `attend` for the exact materializing
+attention (`qwenvl_min.model.attention`) for the duration of the `with` block, so maps are computed only for
+the modules asked for; outside a `with` block no hook is registered and the forward pays nothing.
+
+    with model.taps(read=["text.layers.12", "visual.merger.input"],
+                    replace={"text.layers.5": torch.zeros_like}) as taps:
+        out = model(**inputs)
+    taps.cache["text.layers.12"]
+
+Each forward inside the block overwrites what the previous one recorded (`keep="last"`, the default).
+`keep="all"` keeps every call: `taps.calls[i]` is what the i-th forward of the whole model recorded
+(`taps.cache` is the latest of them), which is how internals are read during generation:
+
+    with model.taps(read=["text.layers.3.attn.probs"], keep="all") as taps:
+        new = generate(model, **batch, max_new_tokens=8)
+    taps.calls[0]  # the prefill: every prompt position
+    taps.calls[k]  # decode step k (k >= 1): one position, the one whose logits picked new token k
+
+Call 0's logits pick new token 0, so n new tokens take n calls (the last token is never fed back).
+With `keep="all"` only forwards of the model itself count as calls: a value reaching a tap while a
+submodule is called on its own (`model.visual(...)`) is refused, since it belongs to no call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..model.attention import (
+    SegmentMaps,
+    causal_attention_from_maps,
+    causal_attention_maps,
+    segment_attention_from_maps,
+    segment_attention_maps,
+)
+from ..model.config import Config
+from ..model.segments import Segments
+from ..model.text import TextAttention
+from ..model.vision import VisionAttention
+
+Replacement = Tensor | SegmentMaps | Callable[[Any], Any]
+INPUT, PROBS = ".input", ".probs"
+KEEP = ("last", "all")
+# names of the first release, before tap names were module paths
+_RENAMED = {
+    "vision.pre_merge": "visual.merger.input",
+    "vision.post_merge": "visual.merger",
+    "text.embed": "text.layers.0.input",
+}
+
+
+class TapError(ValueError):
+    """A tap name or replacement that does not fit the model."""
+
+
+def _tapped_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module that does work, by path (containers such as ModuleList are not called)."""
+    return {name: m for name, m in model.named_modules() if name and not isinstance(m, nn.ModuleList)}
+
+
+def tap_names(model: nn.Module | Config) -> list[str]:
+    """Every tap name of `model` (or of the model a config describes), module by module."""
+    if isinstance(model, Config):
+        from ..model.qwenvl import QwenVL
+
+        with torch.device("meta"):
+            model = QwenVL(model, kernels="torch")
+    names = []
+    for name, module in _tapped_modules(model).items():
+        names += [name, name + INPUT]
+        if isinstance(module, (VisionAttention, TextAttention)):
+            names.append(name + PROBS)
+    return names
+
+
+def _suggestion(name: str, valid: set[str]) -> str:
+    renamed = _RENAMED.get(
+        name, "visual." + name.removeprefix("vision.") if name.startswith("vision.") else ""
+    )
+    return f"; tap names are module paths now: use {renamed!r}" if renamed in valid else ""
+
+
+class Taps:
+    """What the forwards inside one `with` block read and replace; `cache` holds what was read."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        read: Iterable[str] = (),
+        replace: Mapping[str, Replacement] | None = None,
+        keep: str = "last",
+    ) -> None:
+        if keep not in KEEP:
+            raise TapError(
+                f"keep must be one of {KEEP} (the last forward's values, or every call's), got {keep!r}"
+            )
+        self.model = model
+        self.keep = keep
+        self.read = set(read)
+        self.replace = dict(replace or {})
+        valid = set(tap_names(model))
+        for name in sorted((self.read | set(self.replace)) - valid):
+            raise TapError(
+                f"unknown tap name {name!r}{_suggestion(name, valid)} (names are module paths such as "
+                "'visual.blocks.3' or 'text.layers.0.attn.probs'; model.tap_names() lists all of them)"
+            )
+        self.cache: dict[str, Any] = {}
+        self.calls: list[dict[str, Any]] = []  # keep="all": one record per forward of the model
+        self._in_call = False
+        self._handles: list[Any] = []
+        self._swapped: list[tuple[nn.Module, Any]] = []
+
+    def __enter__(self) -> Taps:
+        if self._handles or self._swapped:
+            raise TapError("this Taps is already active; create a new one with model.taps(...)")
+        modules = _tapped_modules(self.model)
+        if self.keep == "all":
+            self._handles.append(self.model.register_forward_pre_hook(self._begin_call))
+            self._handles.append(self.model.register_forward_hook(self._end_call, always_call=True))
+        for name in sorted(self.read | set(self.replace)):
+            if name.endswith(PROBS) and name.removesuffix(PROBS) in modules:
+                self._swap_attention(name, modules[name.removesuffix(PROBS)])
+            elif name.endswith(INPUT) and name.removesuffix(INPUT) in modules:
+                hook = self._input_hook(name)
+                self._handles.append(modules[name.removesuffix(INPUT)].register_forward_pre_hook(hook))
+            else:
+                self._handles.append(modules[name].register_forward_hook(self._output_hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module, attend in reversed(self._swapped):
+            module.attend = attend
+        self._handles, self._swapped = [], []
+
+    def _begin_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.cache = {}
+        self.calls.append(self.cache)
+        self._in_call = True
+
+    def _end_call(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._in_call = False
+
+    # ---- the one place where a value is recorded and/or replaced ----------------------------------------
+    def flow(self, name: str, value: Any) -> Any:
+        """Record and/or replace the value passing tap `name`; returns what flows on."""
+        if name in self.replace:
+            value = _replacement(name, value, self.replace[name])
+        if name in self.read:
+            if self.keep == "all" and not self._in_call:
+                raise TapError(
+                    f"tap {name!r} fired outside a forward of the whole model; keep='all' records per "
+                    "model call: call the model itself, or use keep='last' to tap a submodule called alone"
+                )
+            self.cache[name] = value
+        return value
+
+    def _output_hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            return self.flow(name, output)
+
+        return hook
+
+    def _input_hook(self, name: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (self.flow(name, args[0]), *args[1:])
+
+        return hook
+
+    def _swap_attention(self, name: str, module: nn.Module) -> None:
+        self._swapped.append((module, module.attend))
+        if isinstance(module, VisionAttention):
+
+            def vision_attend(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
+                maps = self.flow(name, segment_attention_maps(q, k, segments, scale))
+                return segment_attention_from_maps(v, segments, maps)
+
+            module.attend = vision_attend
+        else:
+
+            def text_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+                return causal_attention_from_maps(
+                    v, self.flow(name, causal_attention_maps(q, k, mask, scale))
+                )
+
+            module.attend = text_attend
+
+
+def _replacement(name: str, value: Any, replacement: Replacement) -> Any:
+    new = replacement(value) if callable(replacement) else replacement
+    if isinstance(value, Tensor):
+        if not isinstance(new, Tensor) or new.shape != value.shape:
+            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+            raise TapError(
+                f"replacement for tap {name!r} must be a tensor of shape {tuple(value.shape)}, got {got}"
+            )
+        return new.to(dtype=value.dtype, device=value.device)
+    if isinstance(value, SegmentMaps):
+        if not isinstance(new, SegmentMaps) or [p.shape for p in new.probs] != [p.shape for p in value.probs]:
+            raise TapError(f"replacement for tap {name!r} must be a SegmentMaps with the same group shapes")
+    return new

@@ -1,0 +1,299 @@
+"""The whole vision-language model: vision tower + Qwen2 decoder + lm_head.
+
+Shape legend: B batch, T tokens, V vocab, E LLM width, N patch rows, M merged vision tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..inputs.checkpoint_settings import GenerationSettings
+from ..interp.taps import Replacement, Taps, tap_names
+from . import dispatch
+from .config import Config
+from .hf_inputs import causal_lm_loss, check_mm_token_type_ids, seconds_for_positions
+from .positions import get_rope_index
+from .text import KVCache, TextAttention, TextModel, tied_logits
+from .vision import VisionAttention, VisionTower, check_vision_inputs, vision_layout
+
+
+@dataclass
+class ForwardOutput:
+    logits: Tensor  # (B, T, V), or (B, logits_to_keep, V)
+    positions: Tensor  # (3, B, T) the M-RoPE positions used
+    rope_deltas: Tensor | None  # (B, 1) when positions were derived from the prompt (see positions.py)
+    cache: KVCache | None  # the cache passed in, now holding these tokens too
+    loss: Tensor | None = None  # () mean next-token cross entropy when `labels` were given
+
+
+class QwenVL(nn.Module):
+    """Vision tower (`visual`) + Qwen2 decoder (`text`) + `lm_head` (None when tied to the embeddings).
+
+    `kernels` chooses the attention / rotary functions of every block: "torch", "triton" or "auto"
+    (kernels on CUDA, torch elsewhere); None reads QWENVL_MIN_KERNELS (see `qwenvl_min.model.dispatch`).
+    """
+
+    def __init__(self, config: Config, *, kernels: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        kernels = dispatch.resolve_kernels(kernels)
+        self.visual = VisionTower(config.vision, kernels)
+        self.text = TextModel(config.text, kernels)
+        tied = config.text.tie_word_embeddings
+        self.lm_head = (
+            None if tied else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        )
+        # set by `from_pretrained`: the checkpoint directory, and its generation_config.json as the
+        # defaults of `qwenvl_min.generate`
+        self.checkpoint_dir: Path | None = None
+        self.generation_settings = GenerationSettings()
+
+    def set_kernels(self, kernels: str | None) -> None:
+        """Switch every attention module to the defaults of another kernel choice (this replaces any
+        `attend` function assigned by hand)."""
+        choice = dispatch.resolve_kernels(kernels)
+        for module in self.modules():
+            if isinstance(module, (VisionAttention, TextAttention)):
+                module.set_kernels(choice)
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
+        """Build from an HF config (a config.json dict or a transformers config object) and an HF state dict
+        in either key layout (strict: every key mapped or dropped on purpose).
+
+        The weights are copied (detached), so changing ours never changes the source model and back.
+        share=True uses the given tensors themselves as our parameters (no copy, no extra memory):
+        then an in-place change on either side shows on the other.
+        """
+        from ..weights_convert import hf_state_dict_to_ours
+
+        if not isinstance(share, bool):
+            raise TypeError(f"share must be True or False, got {share!r}")
+        cfg = Config.from_hf(config)
+        ours = hf_state_dict_to_ours(cfg, state_dict)
+        if not share:
+            ours = {key: tensor.detach().clone() for key, tensor in ours.items()}
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.load_state_dict(ours, strict=True, assign=True)
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | os.PathLike[str],
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "cpu",
+    ) -> QwenVL:
+        """A model in eval mode from a Hugging Face checkpoint directory (either key layout, single file or
+        sharded, flat or nested config.json), a Hub id, or one of our converted directories; memory-mapped
+        and strict. See `qwenvl_min.hf.pretrained.from_pretrained`."""
+        from ..hf.pretrained import from_pretrained
+
+        return from_pretrained(path_or_hub_id, dtype=dtype, device=device)
+
+    def taps(
+        self,
+        read: Iterable[str] = (),
+        replace: Mapping[str, Replacement] | None = None,
+        keep: str = "last",
+    ) -> Taps:
+        """Read / replace internal tensors by name for the forwards run inside `with model.taps(...) as t:`;
+        `t.cache` holds what the last forward read, `t.calls` every forward's with keep="all" (see
+        `qwenvl_min.interp.taps`)."""
+        return Taps(self, read, replace, keep)
+
+    def tap_names(self) -> list[str]:
+        return tap_names(self)
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_grid_thw: Tensor | None = None,
+        second_per_grid_ts: Tensor | Sequence[float] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> ForwardOutput:
+        """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
+
+        Takes every key of transformers' Qwen2-VL / Qwen2.5-VL processor output and of ours
+        (`model(**batch)`): `mm_token_type_ids` is checked against input_ids, `second_per_grid_ts` on
+        Qwen2-VL is checked and not used (see `qwenvl_min.model.hf_inputs`). `labels` (B, T) adds `.loss`, the mean
+        next-token cross entropy (shifted inside, -100 ignored), as transformers computes it.
+
+        With a non-empty `cache`, input_ids are the new tokens only, attention_mask covers past + new
+        tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`).
+        `logits_to_keep` > 0 applies the lm_head to the last that many positions only (0: all): a prefill
+        needs one, and at the real vocab (152k) the full projection costs more than the rest of it.
+        """
+        if labels is not None and logits_to_keep:
+            raise ValueError(
+                "labels need the logits of every position; leave logits_to_keep at 0 with labels"
+            )
+        embeds, positions, deltas, key_valid = self.prepare(
+            input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            second_per_grid_ts=second_per_grid_ts,
+            mm_token_type_ids=mm_token_type_ids,
+            cache=cache,
+            positions=positions,
+        )
+        hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.project(hidden)
+        loss = None if labels is None else causal_lm_loss(logits, labels)
+        return ForwardOutput(logits, positions, deltas, cache, loss)
+
+    def prepare(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_grid_thw: Tensor | None = None,
+        second_per_grid_ts: Tensor | Sequence[float] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The data-dependent part of `forward`, before the decoder: checks, token embeddings with the
+        vision features inserted, positions. Returns embeds (B, T, E), positions (3, B, T), the rope deltas
+        (B, 1) or None (positions given), key_valid (B, K) or None (nothing masked).
+
+        It reads device values back (checks, vision layout, positions), so it stays eager; what follows
+        (`text`, `project`) has no host sync and compiles (`qwenvl_min.generate.compiled`)."""
+        cfg = self.config
+        self._check_token_inputs(input_ids, attention_mask, cache)
+        if mm_token_type_ids is not None:
+            check_mm_token_type_ids(cfg, input_ids, mm_token_type_ids)
+        if isinstance(second_per_grid_ts, (list, tuple)):
+            second_per_grid_ts = torch.as_tensor(second_per_grid_ts, dtype=torch.float32)
+        second_per_grid_ts = seconds_for_positions(cfg, second_per_grid_ts, video_grid_thw)
+        embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
+        embeds = self._insert_vision(
+            input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+        )
+        deltas = None
+        past = 0 if cache is None else cache.length
+        if positions is None:
+            if past:
+                raise ValueError(
+                    "decoding with a non-empty cache needs explicit positions (see qwenvl_min.generate)"
+                )
+            new_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :]
+            positions, deltas = get_rope_index(
+                cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, new_mask
+            )
+        key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+        return embeds, positions, deltas, key_valid
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """The lm_head: hidden (..., E) -> logits (..., V) (on the embeddings when tied)."""
+        if self.lm_head is None:
+            return tied_logits(hidden, self.text.embed_tokens.weight)
+        return self.lm_head(hidden)
+
+    def _check_token_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None
+    ) -> None:
+        if (
+            not isinstance(input_ids, Tensor)
+            or input_ids.dim() != 2
+            or input_ids.dtype.is_floating_point
+            or input_ids.dtype.is_complex
+            or input_ids.dtype == torch.bool
+        ):
+            got = (
+                f"{input_ids.dtype} {tuple(input_ids.shape)}"
+                if isinstance(input_ids, Tensor)
+                else type(input_ids)
+            )
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, tokens), got {got}")
+        vocab = self.config.text.vocab_size
+        if bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # else nn.Embedding's "index out of range"
+            raise ValueError(
+                f"input_ids must be token ids in [0, {vocab}) (vocab_size), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        if attention_mask is not None:
+            past = 0 if cache is None else cache.length
+            expected = (input_ids.shape[0], past + input_ids.shape[1])
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
+                raise ValueError(
+                    f"attention_mask must have shape (batch, past + new tokens) = {expected}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+
+    def _insert_vision(
+        self,
+        input_ids: Tensor,
+        embeds: Tensor,
+        pixel_values: Tensor | None,
+        image_grid_thw: Tensor | None,
+        pixel_values_videos: Tensor | None,
+        video_grid_thw: Tensor | None,
+    ) -> Tensor:
+        """Run the tower once over images then videos and write the merged features over the pad tokens."""
+        cfg = self.config
+        parts = []
+        for kind, pixels, grid, token in (
+            ("pixel_values", pixel_values, image_grid_thw, cfg.image_token_id),
+            ("pixel_values_videos", pixel_values_videos, video_grid_thw, cfg.video_token_id),
+        ):
+            grid_name = "image_grid_thw" if kind == "pixel_values" else "video_grid_thw"
+            if (pixels is None) != (grid is None):
+                given, missing = (kind, grid_name) if grid is None else (grid_name, kind)
+                raise ValueError(f"{given} was given without {missing}; pass both or neither")
+            slots = input_ids == token
+            count = int(slots.sum())
+            if pixels is None:
+                if count:
+                    raise ValueError(
+                        f"input_ids hold {count} {'image' if token == cfg.image_token_id else 'video'} "
+                        f"pad tokens (id {token}) but no {kind} were given"
+                    )
+                continue
+            check_vision_inputs(cfg.vision, pixels, grid, kind)  # the one check of these inputs
+            merged = int(grid.prod(dim=1).sum()) // cfg.vision.merge_size**2
+            if count != merged:
+                raise ValueError(
+                    f"input_ids hold {count} pad tokens (id {token}) but {kind} with grids "
+                    f"{grid.tolist()} give {merged} merged features; expand each placeholder to t*h*w/"
+                    f"{cfg.vision.merge_size**2} tokens"
+                )
+            parts.append((pixels, grid, slots))
+        if not parts:
+            return embeds
+        pixels = torch.cat([p for p, _, _ in parts])
+        grids = torch.cat([g for _, g, _ in parts])
+        layout = vision_layout(cfg.vision, grids, pixels.device)
+        features = self.visual(pixels, grids, layout=layout).to(embeds.dtype)  # (M_images + M_videos, E)
+        # images' pad tokens first, then the videos', each row-major over the flattened batch
+        slots = torch.cat([s.reshape(-1).nonzero().squeeze(1) for _, _, s in parts])
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features)
+        return flat.view(embeds.shape)
