@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..model.config import Config
+from ..model.qwenvl import QwenVL
 
 # THE key table: (published HF template, our template); None = dropped on purpose. Placeholders: {i} a
 # layer index, {p} weight|bias, {leaf} the rest of a key that both sides spell alike. Export inverts it.
@@ -120,8 +121,6 @@ def expected_shapes(config: Config) -> dict[str, tuple[int, ...]]:
 
 @cache
 def _expected_shapes(config: Config) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    from ..model.qwenvl import QwenVL
-
     with torch.device("meta"):
         model = QwenVL(config, kernels="torch")
     return tuple((key, tuple(t.shape)) for key, t in model.state_dict().items())

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..generate.settings import model_defaults
 from ..interp.attention_maps import (
     AnswerAttention,
     answer_attention,
@@ -129,7 +130,7 @@ def _processor(model: QwenVL, tokenizer: str | None) -> Any:
 
 
 def _stop_ids(model: QwenVL, tokenizer: Any) -> list[int]:
-    stops = model.generation_settings.stop_token_ids
+    stops = model_defaults(model).stop_token_ids
     if stops is None:
         names = ("<|im_end|>", "<|endoftext|>")
         stops = [i for i in map(tokenizer.token_to_id, names) if i is not None]

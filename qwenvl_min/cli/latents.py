@@ -9,7 +9,7 @@
 - A bad input (unreadable, over the budget, a decompression bomb) is reported and skipped; a full disk
   or a read-only OUT stops the run with one error line. Exit status 1 if anything failed.
 - Data parallel: launched by torchrun (`torchrun --nproc-per-node N -m qwenvl_min latents ...`), each
-  rank loads the model on its device and takes every N-th input (`parallel.entry.share`); rank 0 holds
+  rank loads the model on its device and takes every N-th input (`cli.distributed.share`); rank 0 holds
   the lock and prints one summary for all ranks. Outputs are those of a one-process run; a failed input
   on one rank does not stop the others, and a fatal error on one rank stops all of them at the end.
 """
@@ -28,7 +28,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..interp.taps import SegmentMaps, TapError, Taps
-from ..parallel.entry import all_gather_objects, share
 from ..parallel.launch import init_distributed, launched_distributed
 from ..utils.faults import pause_point
 from ..utils.fs import ExclusiveLock, LockedError, write_atomic
@@ -39,6 +38,7 @@ from ..weights_convert.safetensors_io import (
     read_header,
     write_safetensors,
 )
+from .distributed import all_gather_objects, share
 from .support import (
     CliError,
     VideoFlags,

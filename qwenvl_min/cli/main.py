@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..generate.compiled import COMPILE_MODES, DEBUG_BACKENDS
+from ..generate.settings import model_defaults
 from ..generate.text_stream import TextStream
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
 from ..inputs.preprocess import (
@@ -172,9 +173,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CliError(f"input file not found: {path}")
     show = True  # only rank 0 of a tensor-parallel run prints the answer
     if args.tp > 1 or launched_distributed():
-        from ..parallel.entry import load_tp_model
+        from .distributed import load_tp_model
 
-        model, context = load_tp_model(args.model, args.dtype, args.device, args.verify, args.tp)
+        model, context = load_tp_model(
+            args.model, args.dtype, args.device, args.verify, args.tp, finite_guard=not args.compile
+        )
         show = context.is_main
     else:
         # compiled decoding refuses forward hooks; generate checks every step's logits anyway
@@ -216,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if "tokens long, over the limit" not in str(err):
             raise
         raise CliError(f"{str(err).split(';')[0]}; {FEWER_TOKENS}, or shorten --prompt") from err
-    stops = model.generation_settings.stop_token_ids  # the checkpoint's eos ids when it says
+    stops = model_defaults(model).stop_token_ids  # the checkpoint's eos ids when it says
     if stops is None:
         stops = [
             i

@@ -1,7 +1,7 @@
 """Compiled generation: a prefill compiled once for every prompt length and a decode step compiled once
-for every step, both over a `StaticKVCache` (see static_cache.py).
+for every step, both writing a preallocated `KVCache` at slots (see `qwenvl_min.model.cache`).
 
-What is compiled: the decoder and the lm_head (`TextModel` + `QwenVL.project`), in two functions:
+What is compiled: the decoder and the lm_head (`model.text` + `model.lm_head`), in two functions:
   * prefill: embeds (B, T, E) -> last-position logits (B, V), T and the capacity C marked dynamic, so one
     graph serves every prompt length and capacity;
   * decode step: tokens (B, 1) -> logits (B, V), embedding lookup included; every step passes the same
@@ -20,7 +20,7 @@ is a torch.compile mode, or "eager" / "aot_eager": dynamo's debug backends (the 
 recompiles without inductor's code generation, which costs ~1 min per graph on a 2-core CPU). The prefill never uses CUDA graphs (a graph per prompt length would be recorded):
 "reduce-overhead" prefills with "default", "max-autotune" with "max-autotune-no-cudagraphs".
 
-Per model, the compiled functions and the most recent static caches live in `_STATE` (weakly keyed by
+Per model, the compiled functions and the most recent preallocated caches live in `_STATE` (weakly keyed by
 the model, so they go with it). A cache is reset (zeroed) at the start of every generate call that uses
 it, so no value of one call reaches another; another batch size or capacity bucket is another cache.
 """
@@ -35,17 +35,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..interp import taps as taps_module
+from ..model.cache import KVCache, SlotWrite
 from ..model.qwenvl import QwenVL
-from ..model.static_cache import StaticCacheWrite, StaticKVCache
-from ..model.text import TextAttention
+from ..utils.hooks import foreign_hooks
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # dynamo without inductor, for debugging and for tests: same graphs, guards and recompiles, no C++ build
 DEBUG_BACKENDS = ("eager", "aot_eager")
 _WITHOUT_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
-CAPACITY_STEP = 64  # capacities are rounded up to a multiple: nearby requests share one static cache
-CACHES_KEPT = 2  # static caches kept per model (the most recently used)
+CAPACITY_STEP = 64  # capacities are rounded up to a multiple: nearby requests share one preallocated cache
+CACHES_KEPT = 2  # preallocated caches kept per model (the most recently used)
 
 
 def resolve_mode(compile: bool | str, device: torch.device) -> str | None:
@@ -63,12 +62,11 @@ def resolve_mode(compile: bool | str, device: torch.device) -> str | None:
 
 
 def check_compilable(model: QwenVL) -> None:
-    """Refuse to compile a model with forward hooks (taps or the user's) or tap-swapped attention: their
-    Python side effects (recording, replacing) would be traced once and not behave as written."""
+    """Refuse to compile a model with forward hooks of anyone but the library's own tensor-parallel plan
+    (taps, the user's): their Python side effects (recording, replacing, swapping attention for maps)
+    would be traced once and not behave as written."""
     for name, module in model.named_modules():
-        hooked = module._forward_hooks or module._forward_pre_hooks
-        tapped = isinstance(module, TextAttention) and module.attend.__module__ == taps_module.__name__
-        if hooked or tapped:
+        if foreign_hooks(module):
             raise ValueError(
                 f"compile cannot run with taps or forward hooks active (module {name or 'model'!r}); "
                 "generate with compile=False inside a taps block, or remove the hooks"
@@ -76,39 +74,42 @@ def check_compilable(model: QwenVL) -> None:
 
 
 def _prefill_logits(
-    model: QwenVL, embeds: Tensor, positions: Tensor, key_valid: Tensor, cache: StaticCacheWrite
+    model: QwenVL, embeds: Tensor, positions: Tensor, key_valid: Tensor, cache: SlotWrite
 ) -> Tensor:
     """embeds (B, T, E), positions (3, B, T), key_valid (B, C) -> logits (B, V) of the last position."""
     hidden = model.text(embeds, positions, key_valid, cache)  # (B, T, E)
-    return model.project(hidden[:, -1])
+    # a fresh (B, E) copy: the last position's view has the dynamic prompt length in its strides (also when
+    # B = 1, where .contiguous() keeps the view), which a tensor-parallel lm_head's DTensor dispatch cannot
+    # hash under compile; one row per batch item costs nothing to copy
+    return model.lm_head(hidden[:, -1].clone(memory_format=torch.contiguous_format))
 
 
 def _step_logits(
-    model: QwenVL, tokens: Tensor, positions: Tensor, key_valid: Tensor, cache: StaticCacheWrite
+    model: QwenVL, tokens: Tensor, positions: Tensor, key_valid: Tensor, cache: SlotWrite
 ) -> Tensor:
     """tokens (B, 1), positions (3, B, 1), key_valid (B, C) -> logits (B, V)."""
     hidden = model.text(model.text.embed_tokens(tokens), positions, key_valid, cache)  # (B, 1, E)
-    return model.project(hidden[:, -1])
+    return model.lm_head(hidden[:, -1])
 
 
 @dataclass
 class CompiledText:
-    """The compiled prefill and step of one model in one mode, and its static caches."""
+    """The compiled prefill and step of one model in one mode, and its preallocated caches."""
 
     mode: str
     prefill_fn: Callable[..., Tensor]
     step_fn: Callable[..., Tensor]
-    caches: OrderedDict[tuple[object, ...], StaticKVCache] = field(default_factory=OrderedDict)
+    caches: OrderedDict[tuple[object, ...], KVCache] = field(default_factory=OrderedDict)
 
-    def cache_for(self, model: QwenVL, batch: int, tokens: int, like: Tensor) -> StaticKVCache:
-        """A reset static cache holding at least `tokens` slots for `batch` rows (reused when one fits)."""
+    def cache_for(self, model: QwenVL, batch: int, tokens: int, like: Tensor) -> KVCache:
+        """A reset preallocated cache holding at least `tokens` slots for `batch` rows (reused when one fits)."""
         cfg = model.config.text
         capacity = -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
         key = (batch, capacity, like.dtype, like.device)
         cache = self.caches.pop(key, None)
         if cache is None:
-            kv_heads = model.text.layers[0].attn.k_proj.out_features // cfg.head_dim  # this rank's heads
-            cache = StaticKVCache(
+            kv_heads = model.text.layers[0].attn.cached_kv_heads()  # this rank's, under tensor parallelism
+            cache = KVCache.preallocated(
                 cfg.num_layers, batch, capacity, kv_heads, cfg.head_dim, like.dtype, like.device
             )
             while len(self.caches) >= CACHES_KEPT:
@@ -118,7 +119,7 @@ class CompiledText:
         self.caches[key] = cache
         return cache
 
-    def prefill(self, model: QwenVL, embeds: Tensor, positions: Tensor, cache: StaticKVCache) -> Tensor:
+    def prefill(self, model: QwenVL, embeds: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """Write the prompt to slots 0..T-1; key_valid must already hold the prompt's attention mask."""
         t = embeds.shape[1]
         slots = torch.arange(t, device=embeds.device)
@@ -129,9 +130,7 @@ class CompiledText:
             torch._dynamo.mark_dynamic(buffer, 1)
         return self.prefill_fn(model, embeds, positions, cache.key_valid, cache.at(slots)).clone()
 
-    def step(
-        self, model: QwenVL, tokens: Tensor, positions: Tensor, slot: Tensor, cache: StaticKVCache
-    ) -> Tensor:
+    def step(self, model: QwenVL, tokens: Tensor, positions: Tensor, slot: Tensor, cache: KVCache) -> Tensor:
         """One decode step: tokens (B,), positions (3, B, 1), slot (1,) -> logits (B, V)."""
         if self.mode in ("reduce-overhead", "max-autotune"):
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed

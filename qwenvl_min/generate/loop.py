@@ -31,11 +31,13 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..model.cache import KVCache
 from ..model.positions import generation_positions
 from ..model.qwenvl import QwenVL
-from ..model.text import KVCache
+from ..model.vision_inputs import VisionInputs, one_vision_value
 from ..utils.validate import check_finite, check_sampling, finite_number
 from .compiled import check_compilable, compiled_text, resolve_mode
+from .settings import GenerationSettings, model_defaults
 
 
 def stream(
@@ -47,9 +49,11 @@ def stream(
     image_grid_thw: Tensor | None = None,
     pixel_values_videos: Tensor | None = None,
     video_grid_thw: Tensor | None = None,
-    second_per_grid_ts: Tensor | None = None,
+    second_per_grid_ts: Tensor | list[float] | None = None,
     mm_token_type_ids: Tensor | None = None,
-    max_new_tokens: int,
+    vision: VisionInputs | None = None,
+    settings: GenerationSettings | None = None,
+    max_new_tokens: int | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -60,41 +64,135 @@ def stream(
     compile: bool | str = False,
 ) -> Iterator[Tensor]:
     """Yield the new tokens of every row, one (B,) int64 tensor per step. Arguments as in `generate`."""
+    vision = one_vision_value(
+        vision, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts
+    )
+    settings = (settings or model_defaults(model)).with_overrides(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
+        repetition_penalty=repetition_penalty,
+    )
+    return _steps(model, input_ids, attention_mask, vision, mm_token_type_ids, settings, compile)
+
+
+def generate(
+    model: QwenVL,
+    input_ids: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    pixel_values: Tensor | None = None,
+    image_grid_thw: Tensor | None = None,
+    pixel_values_videos: Tensor | None = None,
+    video_grid_thw: Tensor | None = None,
+    second_per_grid_ts: Tensor | list[float] | None = None,
+    mm_token_type_ids: Tensor | None = None,
+    vision: VisionInputs | None = None,
+    settings: GenerationSettings | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    repetition_penalty: float | None = None,
+    on_token: Callable[[Tensor], None] | None = None,
+    compile: bool | str = False,
+) -> Tensor:
+    """Generate up to `max_new_tokens` tokens after each prompt row; returns the new ids (B, n), n <= max.
+
+    input_ids (B, T) and attention_mask (B, T) as for the model, left padded; the vision inputs and
+    mm_token_type_ids as for the model (encoded / checked once, in the prefill), so a processor's output
+    can be passed whole: `generate(model, **batch, max_new_tokens=...)`. The vision inputs may come as one
+    `VisionInputs` (`vision=`) instead of the five keywords. The stop token is part of a row's output and
+    later slots of that row hold `pad_token_id`.
+
+    Settings: `settings` (a `GenerationSettings`; default: the model's, i.e. its checkpoint's
+    generation_config.json when it came from `from_pretrained`, else greedy, stop at the config's eos, pad
+    with its bos) with every keyword given here put in. temperature=0 is greedy, top_p=1.0 and
+    top_k=vocab_size switch those filters off, repetition_penalty=1.0 none. `repetition_penalty` p divides
+    positive (multiplies negative) logits of every id already in the row, prompt included, before
+    sampling, as transformers does. max_new_tokens must be set here or in `settings`. `on_token`
+    receives each step's (B,) tokens as they are produced (`stream` is the iterator form of the same loop).
+
+    `compile` runs the decoder compiled (`qwenvl_min.generate.compiled`): True picks CUDA graphs
+    ("reduce-overhead") on CUDA and inductor's default on CPU, a string is a torch.compile mode. The
+    first call per model pays the compilation (seconds); greedy tokens equal the eager ones. Not with
+    taps or forward hooks of your own active (refused).
+    """
+    vision = one_vision_value(
+        vision, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts
+    )
+    settings = (settings or model_defaults(model)).with_overrides(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_token_ids=stop_token_ids,
+        pad_token_id=pad_token_id,
+        repetition_penalty=repetition_penalty,
+    )
+    steps = []
+    for tokens in _steps(model, input_ids, attention_mask, vision, mm_token_type_ids, settings, compile):
+        if on_token is not None:
+            on_token(tokens)
+        steps.append(tokens)
+    return torch.stack(steps, dim=1)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+
+
+# decode(tokens (B,), positions (3, B, 1), step) -> logits (B, V)
+Decode = Callable[[Tensor, Tensor, int], Tensor]
+
+
+def _steps(
+    model: QwenVL,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    vision: VisionInputs,
+    mm_token_type_ids: Tensor | None,
+    settings: GenerationSettings,
+    compile: bool | str,
+) -> Iterator[Tensor]:
+    """The decoding loop over checked, resolved inputs (see the module docstring)."""
     cfg = model.config
-    defaults = model.generation_settings  # the checkpoint's generation_config.json, or greedy defaults
-    temperature = defaults.temperature if temperature is None else temperature
-    sampling = temperature != 0  # greedy (do_sample false): the checkpoint's top_k / top_p do not apply
-    top_k = defaults.top_k if top_k is None and sampling else top_k
-    top_p = defaults.top_p if top_p is None and sampling else top_p
-    penalty = defaults.repetition_penalty if repetition_penalty is None else repetition_penalty
-    if stop_token_ids is None:
-        stop_token_ids = defaults.stop_token_ids or (cfg.eos_token_id,)
-    stops = tuple(stop_token_ids)
-    if pad_token_id is None:  # Qwen pads with <|endoftext|> (= bos)
-        pad_token_id = cfg.bos_token_id if defaults.pad_token_id is None else defaults.pad_token_id
-    pad = pad_token_id
-    _check_request(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed)
+    # None: the config's eos; an empty tuple: never stop early (every row runs max_new_tokens)
+    stops = (cfg.eos_token_id,) if settings.stop_token_ids is None else settings.stop_token_ids
+    pad = cfg.bos_token_id if settings.pad_token_id is None else settings.pad_token_id  # Qwen: <|endoftext|>
+    penalty = settings.repetition_penalty
+    _check_request(model, input_ids, attention_mask, settings)
     if penalty is not None:
         finite_number("repetition_penalty", penalty, positive=True, hint="1 is no penalty")
     device = model.text.embed_tokens.weight.device
     mode = resolve_mode(compile, device)
     if mode is not None:
         check_compilable(model)
+    max_new_tokens = settings.max_new_tokens
     batch, length = input_ids.shape
     input_ids = input_ids.to(device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(device)
 
     generator = None
-    if seed is not None:
+    if settings.seed is not None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+        generator.manual_seed(settings.seed)
     stop_ids = torch.tensor(stops, dtype=torch.int64, device=device)
     # every id of each row so far (prompt, padding included, then new tokens): what the penalty divides
     seen = torch.cat([input_ids, input_ids.new_zeros(batch, max_new_tokens)], 1) if penalty else None
 
+    def pick(logits: Tensor) -> Tensor:
+        return _pick(logits, settings.temperature, settings.top_k, settings.top_p, generator)
+
     with torch.inference_mode():
-        vision = (pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts)
         start = _start_eager if mode is None else _start_compiled
         logits, deltas, key_valid, decode = start(
             model, mode, input_ids, attention_mask, vision, mm_token_type_ids, max_new_tokens
@@ -106,7 +204,7 @@ def stream(
         positions = generation_positions(deltas, valid, 0, max_new_tokens)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         logits = logits if seen is None else _penalize(logits, seen[:, :length], penalty)
-        next_tokens = _pick(logits, temperature, top_k, top_p, generator)
+        next_tokens = pick(logits)
 
     for step in range(max_new_tokens):
         with torch.inference_mode():
@@ -123,85 +221,7 @@ def stream(
             logits = decode(tokens, positions[:, :, step : step + 1], step)
             if seen is not None:
                 logits = _penalize(logits, seen[:, : length + step + 1], penalty)
-            next_tokens = _pick(logits, temperature, top_k, top_p, generator)
-
-
-def generate(
-    model: QwenVL,
-    input_ids: Tensor,
-    *,
-    attention_mask: Tensor | None = None,
-    pixel_values: Tensor | None = None,
-    image_grid_thw: Tensor | None = None,
-    pixel_values_videos: Tensor | None = None,
-    video_grid_thw: Tensor | None = None,
-    second_per_grid_ts: Tensor | None = None,
-    mm_token_type_ids: Tensor | None = None,
-    max_new_tokens: int,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop_token_ids: Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    repetition_penalty: float | None = None,
-    on_token: Callable[[Tensor], None] | None = None,
-    compile: bool | str = False,
-) -> Tensor:
-    """Generate up to `max_new_tokens` tokens after each prompt row; returns the new ids (B, n), n <= max.
-
-    input_ids (B, T) and attention_mask (B, T) as for the model, left padded; the vision inputs and
-    mm_token_type_ids as for the model (encoded / checked once, in the prefill), so a processor's output
-    can be passed whole: `generate(model, **batch, max_new_tokens=...)`. The stop token is part of a row's output and later
-    slots of that row hold `pad_token_id`.
-
-    Defaults (an argument left at None): a model from `from_pretrained` takes them from its checkpoint's
-    generation_config.json (`model.generation_settings`: eos ids, pad id, do_sample / temperature /
-    top_k / top_p, repetition_penalty; see `qwenvl_min.inputs.checkpoint_settings`); otherwise greedy, stop at the
-    config's eos, pad with its bos (Qwen's <|endoftext|>). Explicit values override: temperature=0 is
-    greedy, top_p=1.0 and top_k=vocab_size switch those filters off, repetition_penalty=1.0 none.
-    `repetition_penalty` p divides positive (multiplies negative) logits of every id already in the row,
-    prompt included, before sampling, as transformers does. `on_token` receives each step's (B,) tokens as they are produced (for
-    streaming; `stream` is the iterator form of the same loop).
-
-    `compile` runs the decoder compiled (`qwenvl_min.generate.compiled`): True picks CUDA graphs
-    ("reduce-overhead") on CUDA and inductor's default on CPU, a string is a torch.compile mode. The
-    first call per model pays the compilation (seconds); greedy tokens equal the eager ones. Not with
-    taps or forward hooks active (refused).
-    """
-    steps = []
-    for tokens in stream(
-        model,
-        input_ids,
-        attention_mask=attention_mask,
-        pixel_values=pixel_values,
-        image_grid_thw=image_grid_thw,
-        pixel_values_videos=pixel_values_videos,
-        video_grid_thw=video_grid_thw,
-        second_per_grid_ts=second_per_grid_ts,
-        mm_token_type_ids=mm_token_type_ids,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop_token_ids=stop_token_ids,
-        pad_token_id=pad_token_id,
-        repetition_penalty=repetition_penalty,
-        compile=compile,
-    ):
-        if on_token is not None:
-            on_token(tokens)
-        steps.append(tokens)
-    return torch.stack(steps, dim=1)
-
-
-# ---- steps ----------------------------------------------------------------------------------------------
-
-
-Vision = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]
-# decode(tokens (B,), positions (3, B, 1), step) -> logits (B, V)
-Decode = Callable[[Tensor, Tensor, int], Tensor]
+            next_tokens = pick(logits)
 
 
 def _start_eager(
@@ -209,16 +229,23 @@ def _start_eager(
     mode: None,
     input_ids: Tensor,
     attention_mask: Tensor | None,
-    vision: Vision,
+    vision: VisionInputs,
     mm_token_type_ids: Tensor | None,
     max_new_tokens: int,
 ) -> tuple[Tensor, Tensor, Tensor, Decode]:
-    """Eager prefill into a growing `KVCache`. Returns the last logits (B, V), the rope deltas (B, 1), the
-    key mask (B, T + n) over prompt + new tokens that the loop fills in, and the decode step."""
+    """Eager prefill into a `KVCache` appended to in place. Returns the last logits (B, V), the rope deltas
+    (B, 1), the key mask (B, T + n) over prompt + new tokens that the loop fills in, and the decode step."""
     batch, length = input_ids.shape
     # preallocated: decode steps write in place instead of concatenating the history
     cache = KVCache(model.config.text.num_layers, capacity=length + max_new_tokens)
-    logits, deltas = _prefill(model, input_ids, attention_mask, *vision, mm_token_type_ids, cache)
+    out = model(
+        input_ids,
+        attention_mask=attention_mask,
+        vision=vision,
+        mm_token_type_ids=mm_token_type_ids,
+        cache=cache,
+        logits_to_keep=1,
+    )
     # Only needed when some slot can be masked (left padding or a row that stopped); sliced per step.
     key_valid = torch.ones(batch, length + max_new_tokens, dtype=torch.bool, device=input_ids.device)
     if attention_mask is not None:
@@ -228,9 +255,10 @@ def _start_eager(
     def decode(tokens: Tensor, positions: Tensor, step: int) -> Tensor:
         # a single unpadded row attends to everything it has seen: no mask to build
         mask = None if batch == 1 and not padded else key_valid[:, : length + step + 1]
-        return _decode(model, tokens, positions, mask, cache)
+        step_out = model(tokens[:, None], attention_mask=mask, cache=cache, positions=positions)
+        return step_out.logits[:, -1]
 
-    return logits, deltas, key_valid, decode
+    return out.logits[:, -1], out.rope_deltas, key_valid, decode
 
 
 def _start_compiled(
@@ -238,71 +266,27 @@ def _start_compiled(
     mode: str,
     input_ids: Tensor,
     attention_mask: Tensor | None,
-    vision: Vision,
+    vision: VisionInputs,
     mm_token_type_ids: Tensor | None,
     max_new_tokens: int,
 ) -> tuple[Tensor, Tensor, Tensor, Decode]:
-    """`_start_eager` with the compiled prefill and step over a `StaticKVCache` (`qwenvl_min.generate.compiled`);
-    the key mask returned is the cache's own (B, C), C >= T + n."""
+    """`_start_eager` with the compiled prefill and step writing a preallocated `KVCache` at slots
+    (`qwenvl_min.generate.compiled`); the key mask returned is the cache's own (B, C), C >= T + n."""
     batch, length = input_ids.shape
-    pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts = vision
-    embeds, positions, deltas, _ = model.prepare(
-        input_ids,
-        attention_mask=attention_mask,
-        pixel_values=pixel_values,
-        image_grid_thw=image_grid_thw,
-        pixel_values_videos=pixel_values_videos,
-        video_grid_thw=video_grid_thw,
-        second_per_grid_ts=second_per_grid_ts,
-        mm_token_type_ids=mm_token_type_ids,
+    prepared = model.prepare(
+        input_ids, vision, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids
     )
     text = compiled_text(model, mode)
-    cache = text.cache_for(model, batch, length + max_new_tokens, embeds)
+    cache = text.cache_for(model, batch, length + max_new_tokens, prepared.embeds)
     if attention_mask is not None:
         cache.key_valid[:, :length] = attention_mask.bool()
-    logits = text.prefill(model, embeds, positions, cache)
+    logits = text.prefill(model, prepared.embeds, prepared.positions, cache)
     slots = torch.arange(length, length + max_new_tokens, device=input_ids.device)  # of the new tokens
 
     def decode(tokens: Tensor, positions: Tensor, step: int) -> Tensor:
         return text.step(model, tokens, positions, slots[step : step + 1], cache)
 
-    return logits, deltas, cache.key_valid, decode
-
-
-def _prefill(
-    model: QwenVL,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    pixel_values: Tensor | None,
-    image_grid_thw: Tensor | None,
-    pixel_values_videos: Tensor | None,
-    video_grid_thw: Tensor | None,
-    second_per_grid_ts: Tensor | None,
-    mm_token_type_ids: Tensor | None,
-    cache: KVCache,
-) -> tuple[Tensor, Tensor]:
-    """Fill `cache` with the prompt; returns the last position's logits (B, V) and the rope deltas (B, 1)."""
-    out = model(
-        input_ids,
-        attention_mask=attention_mask,
-        pixel_values=pixel_values,
-        image_grid_thw=image_grid_thw,
-        pixel_values_videos=pixel_values_videos,
-        video_grid_thw=video_grid_thw,
-        second_per_grid_ts=second_per_grid_ts,
-        mm_token_type_ids=mm_token_type_ids,
-        cache=cache,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1], out.rope_deltas
-
-
-def _decode(
-    model: QwenVL, tokens: Tensor, positions: Tensor, key_valid: Tensor | None, cache: KVCache
-) -> Tensor:
-    """One cached step: tokens (B,), positions (3, B, 1), key_valid (B, K) or None -> logits (B, V)."""
-    out = model(tokens[:, None], attention_mask=key_valid, cache=cache, positions=positions)
-    return out.logits[:, -1]
+    return logits, prepared.rope_deltas, cache.key_valid, decode
 
 
 def _penalize(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -341,20 +325,16 @@ def _pick(
 
 
 def _check_request(
-    model: QwenVL,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
+    model: QwenVL, input_ids: Tensor, attention_mask: Tensor | None, settings: GenerationSettings
 ) -> None:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise ValueError("input_ids must be an integer tensor of shape (batch, tokens)")
     if input_ids.shape[1] == 0:
         raise ValueError("the prompt is empty: input_ids has no tokens")
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    max_new_tokens = settings.max_new_tokens
+    if max_new_tokens is None:
+        raise ValueError("max_new_tokens is not set: pass max_new_tokens=N (or a GenerationSettings with it)")
+    check_sampling(max_new_tokens, settings.temperature, settings.top_k, settings.top_p, settings.seed)
     context = model.config.text.max_position_embeddings
     if input_ids.shape[1] + max_new_tokens > context:
         raise ValueError(

@@ -1,4 +1,5 @@
-"""`QwenVL.from_pretrained(path_or_hub_id)`: a Hugging Face checkpoint (or one of ours) straight into a model.
+"""`QwenVL.from_pretrained(path_or_hub_id)` and `QwenVL.from_hf(config, state_dict)`: a Hugging Face
+checkpoint (or one of ours) straight into a model.
 
 Accepted: an HF checkpoint directory (either key layout, `model.safetensors` or shards with an index, flat
 4.x or nested 5.x config.json), a Hub id (downloaded with huggingface_hub; offline, a clear error), or a
@@ -21,20 +22,23 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..inputs.checkpoint_settings import generation_settings
+from ..generate.settings import generation_settings
 from ..model.config import Config, ConfigError
 from ..model.qwenvl import QwenVL
 from ..utils.devices import check_device
 from ..weights_convert.checkpoint import CONFIG_FILE, CheckpointError, is_converted, read_json, scan_weights
 from ..weights_convert.convert import DTYPE_CHOICES, resolve_source
-from ..weights_convert.mapping import MappingError, hf_tensor_to_ours, plan_hf_to_ours
+from ..weights_convert.mapping import MappingError, hf_state_dict_to_ours, hf_tensor_to_ours, plan_hf_to_ours
 from ..weights_convert.numerics import LOADABLE
 from ..weights_convert.safetensors_io import TensorInfo
+from .load import load
 
 _PAGE = mmap.PAGESIZE
 
@@ -58,8 +62,6 @@ def from_pretrained(
     directory, _ = resolve_source(path_or_hub_id)
     config_json = read_json(directory / CONFIG_FILE, "the model config")
     if is_converted(config_json):
-        from .load import load
-
         requested = _requested_dtype(dtype, None, directory)
         model = load(directory, dtype=requested, device=device, verify=verify)
     else:
@@ -72,6 +74,26 @@ def from_pretrained(
     model.checkpoint_dir = directory
     model.generation_settings = generation_settings(directory)
     return model
+
+
+def from_hf(config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
+    """`QwenVL.from_hf`: a model in eval mode from an HF config (a config.json dict or a transformers config
+    object) and an HF state dict in either key layout (strict: every key mapped or dropped on purpose).
+
+    The weights are copied (detached), so changing ours never changes the source model and back.
+    share=True uses the given tensors themselves as our parameters (no copy, no extra memory): then an
+    in-place change on either side shows on the other.
+    """
+    if not isinstance(share, bool):
+        raise TypeError(f"share must be True or False, got {share!r}")
+    cfg = Config.from_hf(config)
+    ours = hf_state_dict_to_ours(cfg, state_dict)
+    if not share:
+        ours = {key: tensor.detach().clone() for key, tensor in ours.items()}
+    with torch.device("meta"):
+        model = QwenVL(cfg)
+    model.load_state_dict(ours, strict=True, assign=True)
+    return model.eval()
 
 
 def _requested_dtype(dtype: str | torch.dtype, named: object, directory: Path) -> torch.dtype | None:

@@ -1,15 +1,14 @@
-"""A checkpoint's own settings: processor budgets, generation defaults, chat template — read from its files.
+"""A checkpoint's own input settings: processor budgets and chat template, read from its files (its
+generation defaults: `qwenvl_min.generate.settings`).
 
 Which file wins follows transformers' loaders, so our defaults equal what `AutoProcessor.from_pretrained`
-and `model.generate` use for the same directory:
+uses for the same directory:
 - images: `processor_config.json` ["image_processor"] (transformers-5 saves), else
   `preprocessor_config.json`, else the class defaults (`qwenvl_min.inputs.preprocess`);
 - videos: `processor_config.json` ["video_processor"], else `video_preprocessor_config.json`, else
   `preprocessor_config.json` (published Qwen2.5-VL checkpoints have no video file, so their *image*
   budget, max_pixels 12845056, applies to every frame), else the class defaults;
 - pixel budget: `size` {"shortest_edge", "longest_edge"} overridden by legacy `min_pixels` / `max_pixels`;
-- generation: `generation_config.json` (eos_token_id may be a list: every id stops; do_sample false is
-  greedy; transformers' own defaults for missing fields);
 - chat template: `chat_template.jinja`, else `chat_template.json`, else `processor_config.json`'s
   "chat_template", else `tokenizer_config.json`'s.
 Settings our pipeline does not implement (another resample filter, other normalization constants, no
@@ -18,12 +17,12 @@ rescale, a per-frame pixel cap) are refused with the file and field named, never
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.settings_files import SettingsError, positive_number, read_json_object
 from .preprocess import (
     IMAGE_MAX_PIXELS,
     IMAGE_MEAN,
@@ -39,12 +38,7 @@ from .preprocess import (
 PROCESSOR_FILE = "processor_config.json"
 IMAGE_FILE = "preprocessor_config.json"
 VIDEO_FILE = "video_preprocessor_config.json"
-GENERATION_FILE = "generation_config.json"
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the only filter our processor (and the models' training) uses
-
-
-class SettingsError(ValueError):
-    """A checkpoint's processor / generation / template file asks for something we cannot do."""
 
 
 @dataclass(frozen=True)
@@ -63,54 +57,15 @@ class VisionSettings:
     source: str = "defaults"  # the file these came from
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """`generation_config.json` as our `generate` arguments (temperature 0 = greedy)."""
-
-    stop_token_ids: tuple[int, ...] | None = None
-    pad_token_id: int | None = None
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-    source: str = "defaults"
-
-
-def _json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SettingsError(f"{path} is not valid JSON ({err}); copy it again from the checkpoint") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path} should hold a JSON object")
-    return data
-
-
 def _section(directory: Path, key: str, files: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
-    nested = _json(directory / PROCESSOR_FILE)
+    nested = read_json_object(directory / PROCESSOR_FILE)
     if nested is not None and isinstance(nested.get(key), dict):
         return nested[key], f"{directory / PROCESSOR_FILE} [{key}]"
     for name in files:
-        data = _json(directory / name)
+        data = read_json_object(directory / name)
         if data is not None:
             return data, str(directory / name)
     return None, "defaults"
-
-
-def _number(data: dict[str, Any], key: str, where: str, default: Any, integer: bool = True) -> Any:
-    value = data.get(key)
-    if value is None:
-        return default
-    if isinstance(value, float) and integer and value.is_integer():
-        value = int(value)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
-        raise SettingsError(
-            f"{where}: {key} must be a positive {'integer' if integer else 'number'}, got {value!r}"
-        )
-    return value
 
 
 def _check_pipeline(data: dict[str, Any], where: str) -> None:
@@ -140,24 +95,24 @@ def _vision(data: dict[str, Any] | None, where: str, lo: int, hi: int, video: bo
         return VisionSettings(min_pixels=lo, max_pixels=hi)
     _check_pipeline(data, where)
     size = data.get("size") if isinstance(data.get("size"), dict) else {}
-    lo = _number(size, "shortest_edge", where, _number(size, "min_pixels", where, lo))
-    hi = _number(size, "longest_edge", where, _number(size, "max_pixels", where, hi))
+    lo = positive_number(size, "shortest_edge", where, positive_number(size, "min_pixels", where, lo))
+    hi = positive_number(size, "longest_edge", where, positive_number(size, "max_pixels", where, hi))
     sampling: dict[str, Any] = {}
     if video and data.get("do_sample_frames"):
         sampling = dict(
-            sample_fps=_number(data, "fps", where, None, integer=False),
-            num_frames=_number(data, "num_frames", where, None),
+            sample_fps=positive_number(data, "fps", where, None, integer=False),
+            num_frames=positive_number(data, "num_frames", where, None),
         )
         if sampling["sample_fps"] is None and sampling["num_frames"] is None:
             raise SettingsError(f"{where}: do_sample_frames is true but neither fps nor num_frames is set")
     return VisionSettings(
-        min_pixels=_number(data, "min_pixels", where, lo),
-        max_pixels=_number(data, "max_pixels", where, hi),
-        patch_size=_number(data, "patch_size", where, PATCH_SIZE),
-        temporal_patch_size=_number(data, "temporal_patch_size", where, TEMPORAL_PATCH_SIZE),
-        merge_size=_number(data, "merge_size", where, MERGE_SIZE),
-        min_frames=_number(data, "min_frames", where, 4),
-        max_frames=_number(data, "max_frames", where, 768),
+        min_pixels=positive_number(data, "min_pixels", where, lo),
+        max_pixels=positive_number(data, "max_pixels", where, hi),
+        patch_size=positive_number(data, "patch_size", where, PATCH_SIZE),
+        temporal_patch_size=positive_number(data, "temporal_patch_size", where, TEMPORAL_PATCH_SIZE),
+        merge_size=positive_number(data, "merge_size", where, MERGE_SIZE),
+        min_frames=positive_number(data, "min_frames", where, 4),
+        max_frames=positive_number(data, "max_frames", where, 768),
         source=where,
         **sampling,
     )
@@ -175,43 +130,6 @@ def video_settings(directory: str | Path) -> VisionSettings:
     return _vision(data, where, VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS, video=True)
 
 
-def generation_settings(directory: str | Path) -> GenerationSettings:
-    """`generation_config.json` of a checkpoint directory; the greedy defaults when it has none."""
-    path = Path(directory) / GENERATION_FILE
-    data = _json(path)
-    if data is None:
-        return GenerationSettings()
-    where = str(path)
-    eos = data.get("eos_token_id")
-    eos_ids = [eos] if isinstance(eos, int) and not isinstance(eos, bool) else eos
-    if eos_ids is not None and (
-        not isinstance(eos_ids, list) or not all(isinstance(i, int) and i >= 0 for i in eos_ids)
-    ):
-        raise SettingsError(f"{where}: eos_token_id must be an id or a list of ids, got {eos!r}")
-    pad = data.get("pad_token_id")
-    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
-        raise SettingsError(f"{where}: pad_token_id must be a token id, got {pad!r}")
-    for key in ("num_beams", "num_beam_groups"):
-        if data.get(key) not in (None, 1):
-            raise SettingsError(f"{where}: {key}={data[key]!r} (beam search) is not supported; set it to 1")
-    penalty = _number(data, "repetition_penalty", where, None, integer=False)
-    sampling: dict[str, Any] = {}
-    if data.get("do_sample"):
-        # transformers' defaults when a sampling field is missing: temperature 1, top_k 50, top_p 1
-        sampling = dict(
-            temperature=float(_number(data, "temperature", where, 1.0, integer=False)),
-            top_k=None if data.get("top_k", 50) == 0 else _number(data, "top_k", where, 50),  # 0: off
-            top_p=float(_number(data, "top_p", where, 1.0, integer=False)),
-        )
-    return GenerationSettings(
-        stop_token_ids=None if eos_ids is None else tuple(eos_ids),
-        pad_token_id=pad,
-        repetition_penalty=None if penalty == 1 else penalty,
-        source=where,
-        **sampling,
-    )
-
-
 def chat_template(directory: str | Path) -> str | None:
     """The checkpoint's chat template source, or None when it ships none."""
     directory = Path(directory)
@@ -219,7 +137,7 @@ def chat_template(directory: str | Path) -> str | None:
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
     for name in ("chat_template.json", PROCESSOR_FILE, "tokenizer_config.json"):
-        data = _json(directory / name)
+        data = read_json_object(directory / name)
         template = None if data is None else data.get("chat_template")
         if isinstance(template, str):
             return template
@@ -233,7 +151,7 @@ def chat_template(directory: str | Path) -> str | None:
 
 def special_tokens(directory: str | Path) -> dict[str, str]:
     """bos_token, eos_token, pad_token, ... as strings, from tokenizer_config.json (templates may use them)."""
-    data = _json(Path(directory) / "tokenizer_config.json") or {}
+    data = read_json_object(Path(directory) / "tokenizer_config.json") or {}
     out = {}
     for key, value in data.items():
         if key.endswith("_token") and isinstance(value, str):

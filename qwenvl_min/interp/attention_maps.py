@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..model.attention import SegmentMaps
 from ..model.qwenvl import QwenVL
-from .taps import Replacement, TapError, _replacement
+from .taps import Replacement, TapError, apply_replacement
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def answer_attention(
 
         def reduce_text(probs: Tensor, layer: int = layer, name: str = name) -> Tensor:
             if name in given:
-                probs = _replacement(name, probs, given[name])
+                probs = apply_replacement(name, probs, given[name])
             # probs (1, H, T, T) -> the chosen query rows, mean over query heads -> (n, T)
             per_layer[layer] = probs[0, :, query_index.to(probs.device)].float().mean(0).cpu()
             return probs
@@ -131,7 +131,7 @@ def answer_attention(
 
         def reduce_vision(maps: SegmentMaps, name: str = name) -> SegmentMaps:
             if name in given:
-                maps = _replacement(name, maps, given[name])
+                maps = apply_replacement(name, maps, given[name])
             received.append(_received(maps, rows))
             return maps
 

@@ -20,7 +20,8 @@ the images' rows first, then the videos'. A replacement is a tensor of the same 
 `f(tensor) -> tensor`; it flows into the rest of the forward, and a read of the same name records what
 flows on. Reading or replacing `.probs` swaps that module's `attend` for the exact materializing
 attention (`qwenvl_min.model.attention`) for the duration of the `with` block, so maps are computed only for
-the modules asked for; outside a `with` block no hook is registered and the forward pays nothing.
+the modules asked for (a pre-hook swaps it in for that module's own call, a hook puts the default back);
+outside a `with` block no hook is registered and the forward pays nothing.
 
     with model.taps(read=["text.layers.12", "visual.merger.input"],
                     replace={"text.layers.5": torch.zeros_like}) as taps:
@@ -39,6 +40,10 @@ Each forward inside the block overwrites what the previous one recorded (`keep="
 Call 0's logits pick new token 0, so n new tokens take n calls (the last token is never fed back).
 With `keep="all"` only forwards of the model itself count as calls: a value reaching a tap while a
 submodule is called on its own (`model.visual(...)`) is refused, since it belongs to no call.
+
+A tensor-parallel model (`qwenvl_min.parallel.parallelize`) takes the same arguments and gives the same
+single-process tensors: taps find its mesh from the DTensor parameters and gather (or slice) the tap
+points whose local values are shards (`qwenvl_min.parallel.taps`).
 """
 
 from __future__ import annotations
@@ -57,19 +62,15 @@ from ..model.attention import (
     segment_attention_maps,
 )
 from ..model.config import Config
+from ..model.qwenvl import QwenVL
 from ..model.segments import Segments
 from ..model.text import TextAttention
 from ..model.vision import VisionAttention
+from ..parallel.taps import TapSharding, tap_sharding
 
 Replacement = Tensor | SegmentMaps | Callable[[Any], Any]
 INPUT, PROBS = ".input", ".probs"
 KEEP = ("last", "all")
-# names of the first release, before tap names were module paths
-_RENAMED = {
-    "vision.pre_merge": "visual.merger.input",
-    "vision.post_merge": "visual.merger",
-    "text.embed": "text.layers.0.input",
-}
 
 
 class TapError(ValueError):
@@ -84,8 +85,6 @@ def _tapped_modules(model: nn.Module) -> dict[str, nn.Module]:
 def tap_names(model: nn.Module | Config) -> list[str]:
     """Every tap name of `model` (or of the model a config describes), module by module."""
     if isinstance(model, Config):
-        from ..model.qwenvl import QwenVL
-
         with torch.device("meta"):
             model = QwenVL(model, kernels="torch")
     names = []
@@ -94,13 +93,6 @@ def tap_names(model: nn.Module | Config) -> list[str]:
         if isinstance(module, (VisionAttention, TextAttention)):
             names.append(name + PROBS)
     return names
-
-
-def _suggestion(name: str, valid: set[str]) -> str:
-    renamed = _RENAMED.get(
-        name, "visual." + name.removeprefix("vision.") if name.startswith("vision.") else ""
-    )
-    return f"; tap names are module paths now: use {renamed!r}" if renamed in valid else ""
 
 
 class Taps:
@@ -124,18 +116,19 @@ class Taps:
         valid = set(tap_names(model))
         for name in sorted((self.read | set(self.replace)) - valid):
             raise TapError(
-                f"unknown tap name {name!r}{_suggestion(name, valid)} (names are module paths such as "
-                "'visual.blocks.3' or 'text.layers.0.attn.probs'; model.tap_names() lists all of them)"
+                f"unknown tap name {name!r} (names are module paths such as 'visual.blocks.3' or "
+                "'text.layers.0.attn.probs'; model.tap_names() lists all of them)"
             )
         self.cache: dict[str, Any] = {}
         self.calls: list[dict[str, Any]] = []  # keep="all": one record per forward of the model
         self._in_call = False
         self._handles: list[Any] = []
-        self._swapped: list[tuple[nn.Module, Any]] = []
+        self._sharding: TapSharding | None = None
 
     def __enter__(self) -> Taps:
-        if self._handles or self._swapped:
+        if self._handles:
             raise TapError("this Taps is already active; create a new one with model.taps(...)")
+        self._sharding = tap_sharding(self.model)
         modules = _tapped_modules(self.model)
         if self.keep == "all":
             self._handles.append(self.model.register_forward_pre_hook(self._begin_call))
@@ -153,9 +146,7 @@ class Taps:
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
-        for module, attend in reversed(self._swapped):
-            module.attend = attend
-        self._handles, self._swapped = [], []
+        self._handles = []
 
     def _begin_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.cache = {}
@@ -168,8 +159,13 @@ class Taps:
     # ---- the one place where a value is recorded and/or replaced ----------------------------------------
     def flow(self, name: str, value: Any) -> Any:
         """Record and/or replace the value passing tap `name`; returns what flows on."""
+        if self._sharding is not None:  # gather a shard into the single-process value (and back)
+            return self._sharding.flow(name, value, self._flow)
+        return self._flow(name, value)
+
+    def _flow(self, name: str, value: Any) -> Any:
         if name in self.replace:
-            value = _replacement(name, value, self.replace[name])
+            value = apply_replacement(name, value, self.replace[name])
         if name in self.read:
             if self.keep == "all" and not self._in_call:
                 raise TapError(
@@ -192,25 +188,38 @@ class Taps:
         return hook
 
     def _swap_attention(self, name: str, module: nn.Module) -> None:
-        self._swapped.append((module, module.attend))
+        """For this module's own calls, `attend` becomes the exact materializing attention that passes its
+        probabilities through tap `name`; after each call the module's own `attend` is back."""
         if isinstance(module, VisionAttention):
 
-            def vision_attend(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
+            def tapped(q: Tensor, k: Tensor, v: Tensor, segments: Segments, scale: float) -> Tensor:
                 maps = self.flow(name, segment_attention_maps(q, k, segments, scale))
                 return segment_attention_from_maps(v, segments, maps)
 
-            module.attend = vision_attend
         else:
 
-            def text_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+            def tapped(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
                 return causal_attention_from_maps(
                     v, self.flow(name, causal_attention_maps(q, k, mask, scale))
                 )
 
-            module.attend = text_attend
+        own: list[Callable[..., Tensor]] = []
+
+        def swap_in(module: nn.Module, args: tuple[Any, ...]) -> None:
+            own.append(module.attend)
+            module.attend = tapped
+
+        def swap_back(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if own:
+                module.attend = own.pop()
+
+        self._handles.append(module.register_forward_pre_hook(swap_in))
+        self._handles.append(module.register_forward_hook(swap_back, always_call=True))
 
 
-def _replacement(name: str, value: Any, replacement: Replacement) -> Any:
+def apply_replacement(name: str, value: Any, replacement: Replacement) -> Any:
+    """What flows on at tap `name` when `replacement` (a value, or a function of the value) is given:
+    checked to have the shape (and kind) of `value`, cast to its dtype and device."""
     new = replacement(value) if callable(replacement) else replacement
     if isinstance(value, Tensor):
         if not isinstance(new, Tensor) or new.shape != value.shape:

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .rope import MROPE_LAYOUTS
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
@@ -119,8 +121,6 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         _check_types(self, "text config")
-
-        from .rope import MROPE_LAYOUTS  # rope knows the layouts; it needs nothing from this module
 
         if self.mrope_layout not in MROPE_LAYOUTS:
             raise ConfigError(f"mrope_layout {self.mrope_layout!r} is not one of {sorted(MROPE_LAYOUTS)}")

@@ -1,12 +1,12 @@
 """The whole vision-language model: vision tower + Qwen2 decoder + lm_head.
 
-Shape legend: B batch, T tokens, V vocab, E LLM width, N patch rows, M merged vision tokens.
+Shape legend (docs/design.md): B batch, T tokens, V vocab, E LLM width, N patch rows, M merged vision tokens.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,27 +14,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..inputs.checkpoint_settings import GenerationSettings
-from ..interp.taps import Replacement, Taps, tap_names
 from . import dispatch
+from .cache import Cache, KVCache
 from .config import Config
-from .hf_inputs import causal_lm_loss, check_mm_token_type_ids, seconds_for_positions
+from .outputs import ForwardOutput, causal_lm_loss
 from .positions import get_rope_index
-from .text import KVCache, TextAttention, TextModel, tied_logits
+from .text import TextAttention, TextModel, TiedLMHead
 from .vision import VisionAttention, VisionTower, check_vision_inputs, vision_layout
+from .vision_inputs import VisionInputs, check_mm_token_type_ids, one_vision_value
 
 
-@dataclass
-class ForwardOutput:
-    logits: Tensor  # (B, T, V), or (B, logits_to_keep, V)
-    positions: Tensor  # (3, B, T) the M-RoPE positions used
-    rope_deltas: Tensor | None  # (B, 1) when positions were derived from the prompt (see positions.py)
-    cache: KVCache | None  # the cache passed in, now holding these tokens too
-    loss: Tensor | None = None  # () mean next-token cross entropy when `labels` were given
+@dataclass(frozen=True)
+class Prepared:
+    """What `QwenVL.prepare` hands the decoder."""
+
+    embeds: Tensor  # (B, T, E) token embeddings with the vision features written over the pad tokens
+    positions: Tensor  # (3, B, T)
+    rope_deltas: Tensor | None  # (B, 1) when derived from the prompt; None when positions were given
+    key_valid: Tensor | None  # (B, K) over past + new tokens, None when nothing is masked
 
 
 class QwenVL(nn.Module):
-    """Vision tower (`visual`) + Qwen2 decoder (`text`) + `lm_head` (None when tied to the embeddings).
+    """Vision tower (`visual`) + Qwen2 decoder (`text`) + `lm_head` (a `TiedLMHead` on the embeddings when
+    the config ties them).
 
     `kernels` chooses the attention / rotary functions of every block: "torch", "triton" or "auto"
     (kernels on CUDA, torch elsewhere); None reads QWENVL_MIN_KERNELS (see `qwenvl_min.model.dispatch`).
@@ -46,14 +48,16 @@ class QwenVL(nn.Module):
         kernels = dispatch.resolve_kernels(kernels)
         self.visual = VisionTower(config.vision, kernels)
         self.text = TextModel(config.text, kernels)
-        tied = config.text.tie_word_embeddings
-        self.lm_head = (
-            None if tied else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        text = config.text
+        self.lm_head: nn.Module = (
+            TiedLMHead(self.text.embed_tokens)
+            if text.tie_word_embeddings
+            else nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         )
-        # set by `from_pretrained`: the checkpoint directory, and its generation_config.json as the
-        # defaults of `qwenvl_min.generate`
+        # Set by `from_pretrained`: the checkpoint directory, and its generation_config.json as a
+        # `qwenvl_min.generate.GenerationSettings` (the defaults of generation; None: greedy defaults).
         self.checkpoint_dir: Path | None = None
-        self.generation_settings = GenerationSettings()
+        self.generation_settings: Any = None
 
     def set_kernels(self, kernels: str | None) -> None:
         """Switch every attention module to the defaults of another kernel choice (this replaces any
@@ -63,28 +67,17 @@ class QwenVL(nn.Module):
             if isinstance(module, (VisionAttention, TextAttention)):
                 module.set_kernels(choice)
 
-    # ---- construction ---------------------------------------------------------------------------------
+    # ---- construction: delegates to qwenvl_min.hf, which reads checkpoints (and imports this module) -------
     @classmethod
     def from_hf(cls, config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
         """Build from an HF config (a config.json dict or a transformers config object) and an HF state dict
-        in either key layout (strict: every key mapped or dropped on purpose).
+        in either key layout (strict: every key mapped or dropped on purpose); see `qwenvl_min.hf.from_hf`.
 
-        The weights are copied (detached), so changing ours never changes the source model and back.
-        share=True uses the given tensors themselves as our parameters (no copy, no extra memory):
-        then an in-place change on either side shows on the other.
+        The weights are copied (detached); share=True uses the given tensors themselves (no copy).
         """
-        from ..weights_convert import hf_state_dict_to_ours
+        from .. import hf
 
-        if not isinstance(share, bool):
-            raise TypeError(f"share must be True or False, got {share!r}")
-        cfg = Config.from_hf(config)
-        ours = hf_state_dict_to_ours(cfg, state_dict)
-        if not share:
-            ours = {key: tensor.detach().clone() for key, tensor in ours.items()}
-        with torch.device("meta"):
-            model = cls(cfg)
-        model.load_state_dict(ours, strict=True, assign=True)
-        return model.eval()
+        return hf.from_hf(config, state_dict, share=share)
 
     @classmethod
     def from_pretrained(
@@ -96,24 +89,30 @@ class QwenVL(nn.Module):
     ) -> QwenVL:
         """A model in eval mode from a Hugging Face checkpoint directory (either key layout, single file or
         sharded, flat or nested config.json), a Hub id, or one of our converted directories; memory-mapped
-        and strict. See `qwenvl_min.hf.pretrained.from_pretrained`."""
-        from ..hf.pretrained import from_pretrained
+        and strict. See `qwenvl_min.hf.from_pretrained`."""
+        from .. import hf
 
-        return from_pretrained(path_or_hub_id, dtype=dtype, device=device)
+        return hf.from_pretrained(path_or_hub_id, dtype=dtype, device=device)
 
+    # ---- taps: delegates to qwenvl_min.interp, which hooks into the module tree (and imports this module) --
     def taps(
         self,
         read: Iterable[str] = (),
-        replace: Mapping[str, Replacement] | None = None,
+        replace: Mapping[str, Any] | None = None,
         keep: str = "last",
-    ) -> Taps:
+    ) -> Any:
         """Read / replace internal tensors by name for the forwards run inside `with model.taps(...) as t:`;
         `t.cache` holds what the last forward read, `t.calls` every forward's with keep="all" (see
-        `qwenvl_min.interp.taps`)."""
-        return Taps(self, read, replace, keep)
+        `qwenvl_min.interp.taps`). Works the same on a tensor-parallel model."""
+        from ..interp import taps
+
+        return taps.Taps(self, read, replace, keep)
 
     def tap_names(self) -> list[str]:
-        return tap_names(self)
+        """Every tap name of this model (see `qwenvl_min.interp.taps`)."""
+        from ..interp import taps
+
+        return taps.tap_names(self)
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(
@@ -125,81 +124,72 @@ class QwenVL(nn.Module):
         image_grid_thw: Tensor | None = None,
         pixel_values_videos: Tensor | None = None,
         video_grid_thw: Tensor | None = None,
-        second_per_grid_ts: Tensor | Sequence[float] | None = None,
+        second_per_grid_ts: Tensor | list[float] | None = None,
         mm_token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         positions: Tensor | None = None,
         logits_to_keep: int = 0,
+        vision: VisionInputs | None = None,
     ) -> ForwardOutput:
         """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
 
         Takes every key of transformers' Qwen2-VL / Qwen2.5-VL processor output and of ours
-        (`model(**batch)`): `mm_token_type_ids` is checked against input_ids, `second_per_grid_ts` on
-        Qwen2-VL is checked and not used (see `qwenvl_min.model.hf_inputs`). `labels` (B, T) adds `.loss`, the mean
-        next-token cross entropy (shifted inside, -100 ignored), as transformers computes it.
+        (`model(**batch)`); the five vision keys become one `VisionInputs`, or pass one as `vision=`.
+        `mm_token_type_ids` is checked against input_ids, `second_per_grid_ts` on Qwen2-VL is checked and
+        not used (see `qwenvl_min.model.vision_inputs`). `labels` (B, T) adds `.loss`, the mean next-token
+        cross entropy (shifted inside, -100 ignored), as transformers computes it.
 
         With a non-empty `cache`, input_ids are the new tokens only, attention_mask covers past + new
         tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`).
         `logits_to_keep` > 0 applies the lm_head to the last that many positions only (0: all): a prefill
         needs one, and at the real vocab (152k) the full projection costs more than the rest of it.
         """
+        vision = one_vision_value(
+            vision, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts
+        )
         if labels is not None and logits_to_keep:
             raise ValueError(
                 "labels need the logits of every position; leave logits_to_keep at 0 with labels"
             )
-        embeds, positions, deltas, key_valid = self.prepare(
+        prepared = self.prepare(
             input_ids,
+            vision,
             attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            pixel_values_videos=pixel_values_videos,
-            video_grid_thw=video_grid_thw,
-            second_per_grid_ts=second_per_grid_ts,
             mm_token_type_ids=mm_token_type_ids,
             cache=cache,
             positions=positions,
         )
-        hidden = self.text(embeds, positions, key_valid, cache)  # (B, T, E)
+        hidden = self.text(prepared.embeds, prepared.positions, prepared.key_valid, cache)  # (B, T, E)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.project(hidden)
+        logits = self.lm_head(hidden)
         loss = None if labels is None else causal_lm_loss(logits, labels)
-        return ForwardOutput(logits, positions, deltas, cache, loss)
+        return ForwardOutput(logits, prepared.positions, prepared.rope_deltas, cache, loss)
 
     def prepare(
         self,
         input_ids: Tensor,
+        vision: VisionInputs,
         *,
         attention_mask: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        image_grid_thw: Tensor | None = None,
-        pixel_values_videos: Tensor | None = None,
-        video_grid_thw: Tensor | None = None,
-        second_per_grid_ts: Tensor | Sequence[float] | None = None,
         mm_token_type_ids: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         positions: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    ) -> Prepared:
         """The data-dependent part of `forward`, before the decoder: checks, token embeddings with the
-        vision features inserted, positions. Returns embeds (B, T, E), positions (3, B, T), the rope deltas
-        (B, 1) or None (positions given), key_valid (B, K) or None (nothing masked).
+        vision features inserted, positions.
 
         It reads device values back (checks, vision layout, positions), so it stays eager; what follows
-        (`text`, `project`) has no host sync and compiles (`qwenvl_min.generate.compiled`)."""
+        (`text`, `lm_head`) has no host sync and compiles (`qwenvl_min.generate.compiled`)."""
         cfg = self.config
-        self._check_token_inputs(input_ids, attention_mask, cache)
+        past = cache.length if isinstance(cache, KVCache) else 0
+        self._check_token_inputs(input_ids, attention_mask, past)
         if mm_token_type_ids is not None:
             check_mm_token_type_ids(cfg, input_ids, mm_token_type_ids)
-        if isinstance(second_per_grid_ts, (list, tuple)):
-            second_per_grid_ts = torch.as_tensor(second_per_grid_ts, dtype=torch.float32)
-        second_per_grid_ts = seconds_for_positions(cfg, second_per_grid_ts, video_grid_thw)
-        embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
-        embeds = self._insert_vision(
-            input_ids, embeds, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
-        )
+        seconds = vision.for_positions(cfg)
+        embeds = self._insert_vision(input_ids, self.text.embed_tokens(input_ids), vision)  # (B, T, E)
         deltas = None
-        past = 0 if cache is None else cache.length
         if positions is None:
             if past:
                 raise ValueError(
@@ -207,20 +197,12 @@ class QwenVL(nn.Module):
                 )
             new_mask = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :]
             positions, deltas = get_rope_index(
-                cfg, input_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, new_mask
+                cfg, input_ids, vision.image_grid_thw, vision.video_grid_thw, seconds, new_mask
             )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-        return embeds, positions, deltas, key_valid
+        return Prepared(embeds, positions, deltas, key_valid)
 
-    def project(self, hidden: Tensor) -> Tensor:
-        """The lm_head: hidden (..., E) -> logits (..., V) (on the embeddings when tied)."""
-        if self.lm_head is None:
-            return tied_logits(hidden, self.text.embed_tokens.weight)
-        return self.lm_head(hidden)
-
-    def _check_token_inputs(
-        self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None
-    ) -> None:
+    def _check_token_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, past: int) -> None:
         if (
             not isinstance(input_ids, Tensor)
             or input_ids.dim() != 2
@@ -241,7 +223,6 @@ class QwenVL(nn.Module):
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
         if attention_mask is not None:
-            past = 0 if cache is None else cache.length
             expected = (input_ids.shape[0], past + input_ids.shape[1])
             if attention_mask.dim() != 2 or tuple(attention_mask.shape) != expected:
                 raise ValueError(
@@ -249,26 +230,11 @@ class QwenVL(nn.Module):
                     f"got {tuple(attention_mask.shape)}"
                 )
 
-    def _insert_vision(
-        self,
-        input_ids: Tensor,
-        embeds: Tensor,
-        pixel_values: Tensor | None,
-        image_grid_thw: Tensor | None,
-        pixel_values_videos: Tensor | None,
-        video_grid_thw: Tensor | None,
-    ) -> Tensor:
+    def _insert_vision(self, input_ids: Tensor, embeds: Tensor, vision: VisionInputs) -> Tensor:
         """Run the tower once over images then videos and write the merged features over the pad tokens."""
         cfg = self.config
         parts = []
-        for kind, pixels, grid, token in (
-            ("pixel_values", pixel_values, image_grid_thw, cfg.image_token_id),
-            ("pixel_values_videos", pixel_values_videos, video_grid_thw, cfg.video_token_id),
-        ):
-            grid_name = "image_grid_thw" if kind == "pixel_values" else "video_grid_thw"
-            if (pixels is None) != (grid is None):
-                given, missing = (kind, grid_name) if grid is None else (grid_name, kind)
-                raise ValueError(f"{given} was given without {missing}; pass both or neither")
+        for kind, pixels, grid, token in vision.kinds(cfg):
             slots = input_ids == token
             count = int(slots.sum())
             if pixels is None:
@@ -295,5 +261,5 @@ class QwenVL(nn.Module):
         features = self.visual(pixels, grids, layout=layout).to(embeds.dtype)  # (M_images + M_videos, E)
         # images' pad tokens first, then the videos', each row-major over the flattened batch
         slots = torch.cat([s.reshape(-1).nonzero().squeeze(1) for _, _, s in parts])
-        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features)
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features)  # (B*T, E)
         return flat.view(embeds.shape)

@@ -12,95 +12,43 @@ from torch import Tensor, nn
 
 from . import dispatch
 from .attention import TextAttend, causal_attention
+from .cache import Cache, attention_mask_4d
 from .config import TextConfig
 from .layers import RMSNorm, SwiGLU
 from .rope import mrope_table
-from .static_cache import StaticCacheWrite
 
 
-def tied_logits(hidden: Tensor, embedding: Tensor) -> Tensor:
-    """hidden (..., E) @ embedding (V, E)^T: the lm_head of a model whose head is tied to the embeddings.
+class TiedLMHead(nn.Module):
+    """The lm_head of a model whose output projection is its input embedding (`tie_word_embeddings`):
+    hidden (..., E) @ embedding (V, E)^T -> logits (..., V), with no parameter of its own.
+
+    It reads the embedding module's weight at call time, so a cast, a move, a loaded state dict or a
+    tensor-parallel plan applied to the embedding applies to the head too, and the state dict holds the
+    weight once (under `text.embed_tokens.weight`, as published checkpoints do). The embedding is kept
+    outside this module's children for that reason.
 
     Under tensor parallelism the embedding is a vocab-sharded DTensor (`qwenvl_min.parallel.plan`): the
     local rows give this rank's slice of the logits and the slices are gathered, so every rank returns the
     full (..., V) logits, as the untied (column-parallel) lm_head does.
     """
-    if not torch.distributed.is_available():  # builds without distributed support have no DTensor
-        return F.linear(hidden, embedding)
-    from torch.distributed.tensor import DTensor, Replicate
 
-    if not isinstance(embedding, DTensor):
-        return F.linear(hidden, embedding)
-    logits = F.linear(DTensor.from_local(hidden, embedding.device_mesh, [Replicate()]), embedding)
-    return logits.redistribute(placements=[Replicate()]).to_local()
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "embedding", embedding)  # not a child: its weight is saved once
 
+    def extra_repr(self) -> str:
+        return "tied to the input embedding (text.embed_tokens)"
 
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, owned and passed by the caller.
+    def forward(self, hidden: Tensor) -> Tensor:
+        weight = self.embedding.weight  # (V, E)
+        if not torch.distributed.is_available():  # builds without distributed support have no DTensor
+            return F.linear(hidden, weight)
+        from torch.distributed.tensor import DTensor, Replicate
 
-    Stored as (B, K, G, Dh) per layer; `update` appends the new tokens and returns the full history.
-    With `capacity` (the most tokens the cache will hold, e.g. prompt + max new tokens), each layer's
-    buffers are allocated once, at the first update, and filled in place: decoding then neither allocates
-    nor copies the history every step, and `update` returns views of the filled part.
-    """
-
-    def __init__(self, num_layers: int, capacity: int | None = None) -> None:
-        self.keys: list[Tensor | None] = [None] * num_layers
-        self.values: list[Tensor | None] = [None] * num_layers
-        self.capacity = capacity
-        self.lengths = [0] * num_layers
-
-    @property
-    def length(self) -> int:
-        return self.lengths[0]
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        start, end = self.lengths[layer], self.lengths[layer] + k.shape[1]
-        if self.capacity is not None and end > self.capacity:
-            raise ValueError(f"KV cache capacity {self.capacity} exceeded: {end} tokens")
-        self.lengths[layer] = end
-        if self.capacity is None:
-            if self.keys[layer] is not None:
-                k = torch.cat((self.keys[layer], k), dim=1)
-                v = torch.cat((self.values[layer], v), dim=1)
-            self.keys[layer], self.values[layer] = k, v
-            return k, v
-        if self.keys[layer] is None:
-            shape = (k.shape[0], self.capacity, *k.shape[2:])
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        self.keys[layer][:, start:end] = k
-        self.values[layer][:, start:end] = v
-        return self.keys[layer][:, :end], self.values[layer][:, :end]
-
-    def attention_mask(self, key_valid: Tensor | None, new: int, device: torch.device) -> Tensor | None:
-        """The mask of a forward adding `new` tokens to this cache (see `attention_mask_4d`)."""
-        return attention_mask_4d(key_valid, new, self.length + new, device)
-
-
-def attention_mask_4d(key_valid: Tensor | None, new: int, total: int, device: torch.device) -> Tensor | None:
-    """Boolean (B, 1, T, K) mask 'query may attend key' for causal attention over past + new tokens,
-    or None when no mask is needed: plain causal attention (no padding, no past), or a single new token
-    without padding (it may see every key).
-
-    Query i sits at sequence index total - new + i. Padded queries would see no key at all (a NaN row in
-    softmax), so every query may always see itself; those rows are discarded by the caller anyway.
-    """
-    if key_valid is None and (total == new or new == 1):
-        return None
-    query_index = torch.arange(total - new, total, device=device)[:, None]  # (T, 1)
-    key_index = torch.arange(total, device=device)[None, :]  # (1, K)
-    allowed = key_index <= query_index  # (T, K)
-    if key_valid is not None:
-        allowed = allowed & key_valid[:, None, None, :].bool()  # (B, 1, T, K)
-        allowed = allowed | (key_index == query_index)
-    else:
-        allowed = allowed[None, None]
-    return allowed
-
-
-# what a forward writes its keys / values to: both have `update(layer, k, v)` and `attention_mask(...)`
-Cache = KVCache | StaticCacheWrite
+        if not isinstance(weight, DTensor):
+            return F.linear(hidden, weight)
+        logits = F.linear(DTensor.from_local(hidden, weight.device_mesh, [Replicate()]), weight)
+        return logits.redistribute(placements=[Replicate()]).to_local()
 
 
 class TextAttention(nn.Module):
@@ -125,6 +73,15 @@ class TextAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
         self.set_kernels(kernels)
+
+    def cached_kv_heads(self) -> int:
+        """The kv heads this layer writes to a KV cache: all G in one process; under tensor parallelism
+        this rank's share. Its query heads H_r (the local rows of q_proj / Dh) read G * H_r / H kv heads,
+        and at least one (when the TP degree is a multiple of G each rank keeps the one its heads use)."""
+        weight = self.q_proj.weight
+        rows = weight.to_local().shape[0] if hasattr(weight, "to_local") else weight.shape[0]
+        local_heads = rows // self.head_dim
+        return max(1, self.num_kv_heads * local_heads // self.num_heads)
 
     def set_kernels(self, choice: str) -> None:
         """Reset `attend` and `rotary` to the defaults of a resolved kernel choice (see `dispatch`)."""
@@ -179,7 +136,7 @@ class TextModel(nn.Module):
     ) -> Tensor:
         """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E).
 
-        With a `StaticCacheWrite` K is the cache's capacity C and key_valid covers all C slots."""
+        With a `SlotWrite` (`KVCache.at`) K is the cache's capacity C and key_valid covers all C slots."""
         t = embeds.shape[1]
         rope = mrope_table(positions, self.config, embeds.dtype)  # cos, sin (B, T, R)
         if cache is None:

@@ -203,10 +203,25 @@ class VisionTower(nn.Module):
 
         `layout` (from `self.layout(pixel_values, grid_thw)`) may be passed when it is already computed,
         e.g. by the full model or ahead of a compiled call; it is then trusted to describe grid_thw.
+        Without it, the layout is computed here, outside any graph torch.compile traces (one graph
+        break; with fullgraph=True an error that says to pass it).
         """
         if layout is None:
-            layout = self.layout(pixel_values, grid_thw)
+            layout = _layout_outside_graph(self, pixel_values, grid_thw)
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (N, D)
         for block in self.blocks:
             x = block(x, layout)
         return self.merger(x)
+
+
+@torch.compiler.disable(
+    reason="the vision layout reads grid_thw's values (checks, segment lengths, window order); compute it "
+    "before the compiled call and pass it: model.visual(pixel_values, grid_thw, "
+    "layout=model.visual.layout(pixel_values, grid_thw))"
+)
+def _layout_outside_graph(tower: VisionTower, pixel_values: Tensor, grid_thw: Tensor) -> VisionLayout:
+    """`tower.layout(...)` run eagerly even inside torch.compile: it reads device values back (the checks,
+    segment lengths, the window order), which a traced graph cannot hold. Compiled as users call it,
+    `torch.compile(model.visual)(pixel_values, grid_thw)` then breaks its graph here once, and the blocks
+    and merger after it are one graph."""
+    return tower.layout(pixel_values, grid_thw)

@@ -17,7 +17,7 @@ into a block, a row-parallel projection out of it, one all-reduce per pair):
 | text.layers.{i}.attn.o_proj              | RowwiseParallel        | Shard(1)                | all-reduce (B,T,E)|
 | text.layers.{i}.mlp.gate/up, down        | Colwise, Rowwise       | Shard(0), Shard(1)      | all-reduce (B,T,E)|
 | lm_head (untied)                         | ColwiseParallel -> Replicate | Shard(0) (vocab)  | all-gather (B,T,V)|
-| tied head (`text.tied_logits`)           | the embedding's Shard(0) rows | -                | all-gather (B,T,V)|
+| tied head (`lm_head`, a `TiedLMHead`)   | the embedding's Shard(0) rows | -                | all-gather (B,T,V)|
 
 Everything else (patch embedding, norms) is replicated: small, and every rank needs the full activations
 between blocks anyway. Activations between modules are plain local tensors (`use_local_output`), so the
@@ -50,6 +50,7 @@ from torch.distributed.tensor.parallel.style import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from ..model.config import Config
+from ..utils.hooks import hook_ids, mark_own_hooks
 
 
 class TensorParallelError(ValueError):
@@ -133,8 +134,8 @@ class KVHeadReplicated(ParallelStyle):
 
 # ---- the plan ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TapLayout:
-    """How the local tensor at a tap point relates to the single-process one (for `parallel.taps`).
+class TapShard:
+    """How the local tensor at a tap point is a shard of the single-process one (for `parallel.taps`).
 
     kind: "last" (sharded on the last dim, rank order), "qkv" (last dim [q_r | k_r | v_r]), "heads"
     (dim 1 of attention maps sharded by heads), "kv_head" (one replicated kv head of the last dim).
@@ -182,37 +183,40 @@ def tp_plan(config: Config, tp: int, rank: int) -> dict[str, ParallelStyle]:
     return plan
 
 
-def tap_layouts(config: Config, tp: int) -> dict[str, TapLayout]:
-    """Tap name -> TapLayout for every tap point whose local tensor is a shard; all others are full."""
-    layouts: dict[str, TapLayout] = {}
+def tap_shards(config: Config, tp: int) -> dict[str, TapShard]:
+    """Tap name -> TapShard for every tap point whose local tensor is a shard; all others are full."""
+    shards: dict[str, TapShard] = {}
     plan = tp_plan(config, tp, 0)
     for path, style in plan.items():
         if isinstance(style, FusedQKVColwise):
-            layouts[path] = TapLayout("qkv")
+            shards[path] = TapShard("qkv")
         elif isinstance(style, KVHeadReplicated):
-            layouts[path] = TapLayout("kv_head", tp // config.text.num_kv_heads)
+            shards[path] = TapShard("kv_head", tp // config.text.num_kv_heads)
         elif isinstance(style, ColwiseParallel) and path != "lm_head":
-            layouts[path] = TapLayout("last")
+            shards[path] = TapShard("last")
         elif isinstance(style, RowwiseParallel) and path != "text.embed_tokens":
-            layouts[path + ".input"] = TapLayout("last")
+            shards[path + ".input"] = TapShard("last")
     for i in range(config.vision.depth):
-        layouts[f"visual.blocks.{i}.attn.probs"] = TapLayout("heads")
+        shards[f"visual.blocks.{i}.attn.probs"] = TapShard("heads")
     for i in range(config.text.num_layers):
-        layouts[f"text.layers.{i}.attn.probs"] = TapLayout("heads")
-    return layouts
+        shards[f"text.layers.{i}.attn.probs"] = TapShard("heads")
+    return shards
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     """Shard `model` (a QwenVL, on any device including meta) in place over the 1-D `mesh`; returns it.
 
-    The model's class becomes a subclass whose `taps()` gathers sharded tap points (see `parallel.taps`).
+    The model stays a plain `QwenVL`: its parameters become DTensors and the plan's modules get the
+    input / output hooks of their parallel styles. Those hooks are recorded as the library's own
+    (`qwenvl_min.utils.hooks`), so compiled generation accepts them; taps find the mesh from the DTensor
+    parameters and gather sharded tap points (`parallel.taps`).
     """
-    from .taps import make_tensor_parallel
-
     if mesh.ndim != 1:
         raise TensorParallelError(f"tensor parallelism takes a 1-D device mesh, got {mesh.ndim}-D")
     tp = mesh.size()
     plan = tp_plan(model.config, tp, mesh.get_local_rank())
+    before = {module: hook_ids(module) for module in model.modules()}
     parallelize_module(model, mesh, plan)
-    make_tensor_parallel(model, mesh)
+    for module in model.modules():
+        mark_own_hooks(module, hook_ids(module) - before.get(module, frozenset()))
     return model

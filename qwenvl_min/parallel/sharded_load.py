@@ -24,7 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..inputs.checkpoint_settings import generation_settings
+from ..generate.settings import generation_settings
 from ..model.config import Config, ConfigError
 from ..model.qwenvl import QwenVL
 from ..weights_convert.checkpoint import (

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny_tokenizer import word_level_tokenizer
 
 from qwenvl_min import Config, QwenVL
 from qwenvl_min.cli.main import main
@@ -27,42 +28,6 @@ def _save_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def _tokenizer_json(path: Path, config: Config) -> None:
-    """A word-level tokenizer whose special tokens have the tiny config's ids (250..255)."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-
-    special = {
-        "<|endoftext|>": config.bos_token_id,
-        "<|im_end|>": config.eos_token_id,
-        "<|vision_start|>": config.vision_start_token_id,
-        "<|vision_end|>": config.vision_end_token_id,
-        "<|image_pad|>": config.image_token_id,
-        "<|video_pad|>": config.video_token_id,
-        "<|im_start|>": 249,
-    }
-    words = [
-        "<unk>",
-        "system",
-        "user",
-        "assistant",
-        "You",
-        "are",
-        "a",
-        "helpful",
-        "assistant.",
-        "describe",
-        "it",
-    ]
-    vocab = {w: i for i, w in enumerate(words)}
-    vocab |= {f"w{i}": i for i in range(len(words), 249)}
-    vocab |= special
-    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.add_special_tokens(list(special))
-    tokenizer.save(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +47,7 @@ def checkpoint(tmp_path_factory) -> Path:
     )
     ours = root / "ours"
     assert main(["convert", str(hf_dir), str(ours), "--no-progress"]) == 0
-    _tokenizer_json(ours / "tokenizer.json", config)
+    word_level_tokenizer(ours / "tokenizer.json", config)
     return ours
 
 

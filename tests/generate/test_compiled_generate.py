@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from qwenvl_min import Config, QwenVL
+from qwenvl_min import Config, QwenVL, VisionInputs
 from qwenvl_min.generate import generate, stream
 from qwenvl_min.generate.compiled import _STATE, compiled_text
 
@@ -83,10 +83,10 @@ def test_step_logits_match_eager_forward(model):
     new, _ = _batch(5, 21)
     with torch.inference_mode():
         text = compiled_text(model, MODE)
-        embeds, positions, deltas, _ = model.prepare(ids, attention_mask=mask)
-        cache = text.cache_for(model, 2, 15, embeds)
+        prepared = model.prepare(ids, VisionInputs(), attention_mask=mask)
+        cache = text.cache_for(model, 2, 15, prepared.embeds)
         cache.key_valid[:, :10] = mask.bool()
-        logits = [text.prefill(model, embeds, positions, cache)]
+        logits = [text.prefill(model, prepared.embeds, prepared.positions, cache)]
         for i in range(4):
             pos = (mask.sum(1) + i).view(1, 2, 1).expand(3, 2, 1)  # text only: the same on every axis
             logits.append(text.step(model, new[:, i], pos, torch.tensor([10 + i]), cache))

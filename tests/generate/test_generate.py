@@ -3,12 +3,14 @@ with left padding, sampling and stop tokens. Tiny random models of both families
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor
 
-from qwenvl_min import Config, KVCache, QwenVL
-from qwenvl_min.generate.loop import _decode, _prefill, generate, stream
+from qwenvl_min import Config, GenerationSettings, KVCache, QwenVL
+from qwenvl_min.generate import generate, stream
 from qwenvl_min.model.positions import generation_positions
 
 transformers = pytest.importorskip("transformers")
@@ -113,26 +115,20 @@ def test_prefill_then_decode_logits_equal_full_forward(models, capacity):
     new = torch.randint(0, cfg.bos_token_id, (2, 6), generator=torch.Generator().manual_seed(8))
     with torch.inference_mode():
         cache = KVCache(cfg.text.num_layers, capacity=capacity)
-        first, deltas = _prefill(ours, ids, mask, **vision, **_no_video(), cache=cache)
-        step_logits = [first]
-        positions = generation_positions(deltas, mask.sum(1), 0, new.shape[1])
+        first = ours(ids, attention_mask=mask, **vision, cache=cache, logits_to_keep=1)
+        step_logits = [first.logits[:, -1]]
+        positions = generation_positions(first.rope_deltas, mask.sum(1), 0, new.shape[1])
         for i in range(new.shape[1] - 1):
             full_mask = torch.cat([mask, torch.ones(2, i + 1, dtype=mask.dtype)], dim=1)
-            step_logits.append(_decode(ours, new[:, i], positions[:, :, i : i + 1], full_mask, cache))
+            step = ours(
+                new[:, i : i + 1], attention_mask=full_mask, cache=cache, positions=positions[:, :, i : i + 1]
+            )
+            step_logits.append(step.logits[:, -1])
         seq = torch.cat([ids, new], dim=1)
         seq_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
         full = ours(seq, attention_mask=seq_mask, **vision).logits  # (2, T + 6, V)
     expected = full[:, ids.shape[1] - 1 : -1]
     torch.testing.assert_close(torch.stack(step_logits, dim=1), expected, rtol=1e-5, atol=1e-5)
-
-
-def _no_video() -> dict[str, None]:
-    return {
-        "pixel_values_videos": None,
-        "video_grid_thw": None,
-        "second_per_grid_ts": None,
-        "mm_token_type_ids": None,
-    }
 
 
 def _left_pad(rows: list[Tensor], pad: int) -> tuple[Tensor, Tensor]:
@@ -234,3 +230,23 @@ def test_bad_requests_are_clear_errors():
         generate(model, ids, max_new_tokens=2, top_k=5)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, ids, max_new_tokens=0)
+
+
+def test_stop_ids_none_is_the_eos_and_empty_is_never():
+    """stop_token_ids=None stops at the config's eos; an empty list never stops early (every step runs)."""
+    cfg = Config.preset("tiny-qwen2-vl")
+    torch.manual_seed(0)
+    model = QwenVL(cfg).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    first = int(generate(model, ids, max_new_tokens=1, stop_token_ids=())[0, 0])
+    # the same weights under a config whose eos is the token the model picks first
+    eos_model = QwenVL(dataclasses.replace(cfg, eos_token_id=first)).eval()
+    eos_model.load_state_dict(model.state_dict())
+    assert generate(eos_model, ids, max_new_tokens=5).shape == (1, 1)
+    assert generate(eos_model, ids, max_new_tokens=5, stop_token_ids=()).shape == (1, 5)
+    assert generate(
+        eos_model, ids, max_new_tokens=5, settings=GenerationSettings(stop_token_ids=())
+    ).shape == (
+        1,
+        5,
+    )

@@ -17,14 +17,11 @@ from transformers.video_processing_utils import BaseVideoProcessor
 
 from qwenvl_min import QwenVL
 from qwenvl_min.generate import generate
-from qwenvl_min.inputs.checkpoint_settings import (
-    SettingsError,
-    generation_settings,
-    image_settings,
-    video_settings,
-)
+from qwenvl_min.generate.settings import generation_settings
+from qwenvl_min.inputs.checkpoint_settings import image_settings, video_settings
 from qwenvl_min.inputs.preprocess import IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, smart_resize
 from qwenvl_min.inputs.processor import Processor
+from qwenvl_min.utils.settings_files import SettingsError
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 FPS = 4.0

@@ -18,7 +18,7 @@ import pytest
 import torch
 from faults import Paused, listing, tiny_hf_checkpoint
 from PIL import Image
-from test_cli import _tokenizer_json
+from tiny_tokenizer import word_level_tokenizer
 
 from qwenvl_min import Config, get_rope_index
 from qwenvl_min.cli.main import main
@@ -35,7 +35,7 @@ TAPS = "visual.merger.input,text.layers.1"
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     ours = convert_checkpoint(tiny_hf_checkpoint(root / "hf", context=160), root / "ours")
-    _tokenizer_json(ours / "tokenizer.json", Config.from_dict(_our_config(ours)))
+    word_level_tokenizer(ours / "tokenizer.json", Config.from_dict(_our_config(ours)))
     return ours
 
 

@@ -57,7 +57,7 @@ def test_forward_hooks_fire_on_every_module_that_does_work(family):
     assert set(fired) == expected
     assert fired.count("visual") == 1  # the tower runs once, images and videos together
     assert fired[-1] == ""  # the root last: everything else ran inside it
-    assert ("lm_head" in fired) == (not cfg.text.tie_word_embeddings)
+    assert "lm_head" in fired  # a module also when tied to the embeddings (TiedLMHead)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -213,6 +213,34 @@ def test_tower_compiles_without_graph_breaks(family, kernels):
         eager = model.visual(pixels, grid, layout=layout)
         compiled = torch.compile(model.visual, fullgraph=True)(pixels, grid, layout=layout)
     assert max_err(compiled, eager) <= RTOL * scale_of(eager)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tower_compiles_as_users_call_it(family):
+    """`torch.compile(model.visual)(pixel_values, grid_thw)` with no layout: the layout is computed outside
+    the traced graph (at most one graph break, before the blocks: one graph holds every block and the
+    merger), the output equals eager, and fullgraph=True fails with a message that says what to pass."""
+    from torch._dynamo.testing import CompileCounter
+
+    cfg = tiny_config(family, tied=True)
+    model = QwenVL(cfg, kernels="torch").eval()
+    randomize_(model, seed=0)
+    grid = torch.tensor([[1, 12, 20], [2, 8, 8]])
+    pixels = torch.randn(int(grid.prod(dim=1).sum()), cfg.vision.patch_dim)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model.visual(pixels, grid)
+        explained = torch._dynamo.explain(model.visual)(pixels, grid)
+        assert explained.graph_break_count <= 1 and explained.graph_count == 1
+        assert explained.op_count > 10 * cfg.vision.depth  # the blocks are in the graph, not skipped
+        torch._dynamo.reset()
+        counter = CompileCounter()
+        compiled = torch.compile(model.visual, backend=counter)(pixels, grid)
+        assert counter.frame_count == 1
+        assert torch.equal(compiled, eager)
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=r"layout=model\.visual\.layout\(pixel_values, grid_thw\)"):
+            torch.compile(model.visual, fullgraph=True, backend="eager")(pixels, grid)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -25,6 +25,7 @@ from hf_checkpoints import write_sharded
 from hf_models import randomize_, tiny_config
 from PIL import Image
 from safetensors import safe_open
+from tiny_tokenizer import word_level_tokenizer
 
 from qwenvl_min import Config, QwenVL
 from qwenvl_min.cli.main import main
@@ -57,12 +58,10 @@ def _hf_checkpoint(directory: Path, cfg: Config, seed: int) -> Path:
 
 
 def _prepare(work: Path) -> None:
-    from test_cli import _tokenizer_json  # the word-level tokenizer of the CLI tests
-
     _hf_checkpoint(work / "hf", tiny_config("qwen2_vl", tied=True), seed=4)
     source = _hf_checkpoint(work / "hf25", tiny_config("qwen2_5_vl", tied=False), seed=5)
     assert main(["convert", str(source), str(work / "ours"), "--no-progress"]) == 0
-    _tokenizer_json(work / "ours" / "tokenizer.json", Config.preset("tiny-qwen2.5-vl"))
+    word_level_tokenizer(work / "ours" / "tokenizer.json", Config.preset("tiny-qwen2.5-vl"))
     (work / "images").mkdir()
     rng = np.random.default_rng(0)
     for i, (w, h) in enumerate([(120, 90), (56, 84), (150, 60), (90, 90), (64, 64)]):
@@ -122,6 +121,9 @@ def test_tp2_matches_one_process(two_ranks, case):
         assert not too_far, too_far
         equal = {k: v for k, v in result["equal"].items() if k.startswith(case + ".")}
         assert equal and all(equal.values()), equal
+        for check in ("class_unchanged", "compiled_generate_tokens", "keep_all_calls"):
+            assert f"{case}.{check}" in equal
+        assert sum(".keep_all." in k for k in diffs) == 9  # 3 calls x 3 names
     assert (f"{CASES[0]}.triton_vision") in results[0]["diffs"]
 
 
@@ -172,6 +174,9 @@ def test_run_tp2_streams_the_one_process_answer(two_ranks, capsys):
     single = capsys.readouterr().out
     assert (work / "run0.txt").read_text() == f"0\n{single}" and single.strip()
     assert (work / "run1.txt").read_text() == "0\n"  # only rank 0 prints
+    # --compile on the TP model: the plan's own hooks do not block it, and the answer is the eager one
+    assert (work / "run_compiled0.txt").read_text() == f"0\n{single}"
+    assert (work / "run_compiled1.txt").read_text() == "0\n"
 
 
 # ---- errors (no spawn) -----------------------------------------------------------------------------------

@@ -102,6 +102,28 @@ def model_checks(tag: str, cfg, mesh) -> None:
         tb = generate(tp, ids, **kw, max_new_tokens=6)
         EQUAL[f"{tag}.generate_tokens"] = torch.equal(ta, tb)
 
+        # the TP model is the plain model: same class, the TP plan's hooks are not the user's, so compiled
+        # generation runs (aot_eager: dynamo's capture without inductor's C++ build) and gives the tokens
+        EQUAL[f"{tag}.class_unchanged"] = type(tp) is QwenVL
+        tc = generate(tp, ids, **kw, max_new_tokens=6, compile="aot_eager")
+        EQUAL[f"{tag}.compiled_generate_tokens"] = torch.equal(tc, tb)
+
+        # taps during generation (keep="all": one record per forward) read the single-process tensors
+        during = ["text.layers.1", "text.layers.1.attn.probs", "text.layers.0.attn.k_proj"]
+        with ref.taps(read=during, keep="all") as want_all:
+            generate(ref, ids, **kw, max_new_tokens=3)
+        with tp.taps(read=during, keep="all") as got_all:
+            generate(tp, ids, **kw, max_new_tokens=3)
+        EQUAL[f"{tag}.keep_all_calls"] = len(want_all.calls) == len(got_all.calls) == 3
+        for call, (x_call, y_call) in enumerate(zip(want_all.calls, got_all.calls)):
+            for name in during:
+                x, y = x_call[name], y_call[name]
+                if call == 0 and name.endswith(".probs"):  # the prefill's padded query rows hold anything
+                    x, y = x * valid[:, None, :, None], y * valid[:, None, :, None]
+                elif call == 0:
+                    x, y = x[valid], y[valid]
+                record(f"{tag}.keep_all.{call}.{name}", x, y)
+
         # the Triton kernels (interpreted on CPU) on local heads: rotary + window attention in the tower
         if cfg.model_type == "qwen2_5_vl" and tag.endswith("untied"):
             tp.set_kernels("triton")
@@ -153,6 +175,13 @@ def cli_checks(work: Path, rank: int) -> None:
              "--max-new-tokens", "6"]
         )  # fmt: skip
     (work / f"run{rank}.txt").write_text(f"{code}\n{out.getvalue()}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            ["run", "--tp", "2", "--compile", "aot_eager", "--model", str(work / "ours"), "--image", images[0],
+             "--prompt", "describe it", "--max-new-tokens", "6"]
+        )  # fmt: skip
+    (work / f"run_compiled{rank}.txt").write_text(f"{code}\n{out.getvalue()}")
 
 
 def main() -> None:

@@ -7,27 +7,29 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
-from ..cli.support import DTYPES, CliError
 from ..model.qwenvl import QwenVL
+from ..parallel.launch import DistContext, init_distributed, tp_mesh
+from ..parallel.sharded_load import load_sharded
 from ..utils.validate import guard_finite_hidden_states
 from ..weights_convert.checkpoint import CheckpointError
-from .launch import DistContext, init_distributed, tp_mesh
-from .sharded_load import load_sharded
+from .support import DTYPES, CliError
 
 T = TypeVar("T")
 
 
 def load_tp_model(
-    path: str, dtype: str | None, device: str, verify: bool, tp: int
+    path: str, dtype: str | None, device: str, verify: bool, tp: int, finite_guard: bool = True
 ) -> tuple[QwenVL, DistContext]:
-    """Join the torchrun job and load `path` sharded over all of its ranks (`--tp` must equal the world)."""
+    """Join the torchrun job and load `path` sharded over all of its ranks (`--tp` must equal the world).
+    `finite_guard` as in `support.load_model` (off under compiled decoding)."""
     context = init_distributed(device)
     mesh = tp_mesh(context, tp)
     try:
         model = load_sharded(path, mesh, dtype=None if dtype is None else DTYPES[dtype], verify=verify)
     except CheckpointError as err:
         raise CliError(f"{err} (`qwenvl-min convert SRC DST` runs the same converter)") from err
-    guard_finite_hidden_states(model)
+    if finite_guard:
+        guard_finite_hidden_states(model)
     return model, context
 
 

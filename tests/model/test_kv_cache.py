@@ -1,6 +1,7 @@
-"""The static KV cache (fixed capacity, written at tensor slots, attention over every slot with a mask)
-gives the logits of the growing `KVCache`, eagerly; its mask equals the growing cache's mask on the
-written slots and hides the rest; `reset` leaves nothing of a previous use. Tiny random model, fp32."""
+"""The KV cache's two write modes: at slots (fixed capacity, written at tensor slots, attention over every
+slot with a mask: what compiled decoding uses) gives the logits of the append mode, eagerly; its mask
+equals the append mode's mask on the written slots and hides the rest; `reset` leaves nothing of a
+previous use. Tiny random model, fp32."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwenvl_min import Config, KVCache, QwenVL
+from qwenvl_min.model.cache import attention_mask_4d
 from qwenvl_min.model.positions import generation_positions
-from qwenvl_min.model.static_cache import StaticKVCache
-from qwenvl_min.model.text import attention_mask_4d
+from qwenvl_min.model.vision_inputs import VisionInputs
 
 
 def _model() -> QwenVL:
@@ -23,26 +24,26 @@ def _model() -> QwenVL:
     return model
 
 
-def _static_cache(model: QwenVL, batch: int, capacity: int) -> StaticKVCache:
+def _static_cache(model: QwenVL, batch: int, capacity: int) -> KVCache:
     cfg = model.config.text
-    return StaticKVCache(
+    return KVCache.preallocated(
         cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim, torch.float32, torch.device("cpu")
     )
 
 
-def _run_static(model: QwenVL, ids, mask, new, cache: StaticKVCache) -> torch.Tensor:
-    """Prefill + decode of `new` (B, n) teacher-forced tokens through the static cache -> logits (B, n, V)."""
+def _run_static(model: QwenVL, ids, mask, new, cache: KVCache) -> torch.Tensor:
+    """Prefill + decode of `new` (B, n) teacher-forced tokens through the cache at slots -> logits (B, n, V)."""
     batch, length = ids.shape
-    embeds, positions, deltas, _ = model.prepare(ids, attention_mask=mask)
+    prepared = model.prepare(ids, VisionInputs(), attention_mask=mask)
     cache.key_valid[:, :length] = mask.bool()
-    hidden = model.text(embeds, positions, cache.key_valid, cache.at(torch.arange(length)))
-    out = [model.project(hidden[:, -1])]
-    steps = generation_positions(deltas, mask.sum(1), 0, new.shape[1])
+    hidden = model.text(prepared.embeds, prepared.positions, cache.key_valid, cache.at(torch.arange(length)))
+    out = [model.lm_head(hidden[:, -1])]
+    steps = generation_positions(prepared.rope_deltas, mask.sum(1), 0, new.shape[1])
     for i in range(new.shape[1] - 1):
         slot = torch.tensor([length + i])
         embeds = model.text.embed_tokens(new[:, i : i + 1])
         hidden = model.text(embeds, steps[:, :, i : i + 1], cache.key_valid, cache.at(slot))
-        out.append(model.project(hidden[:, -1]))
+        out.append(model.lm_head(hidden[:, -1]))
     return torch.stack(out, 1)
 
 
@@ -68,7 +69,7 @@ def _case():
     return ids, mask, new
 
 
-def test_static_cache_logits_equal_growing_cache():
+def test_slot_writes_give_the_logits_of_appends():
     model = _model()
     ids, mask, new = _case()
     with torch.inference_mode():
@@ -110,7 +111,7 @@ def test_mask_matches_growing_mask_and_hides_unwritten_slots(batch, written, new
         data.draw(st.lists(st.booleans(), min_size=batch * written, max_size=batch * written))
     )
     valid = valid.view(batch, written)
-    cache = StaticKVCache(1, batch, capacity, 1, 2, torch.float32, torch.device("cpu"))
+    cache = KVCache.preallocated(1, batch, capacity, 1, 2, torch.float32, torch.device("cpu"))
     key_valid = torch.ones(batch, capacity, dtype=torch.bool)
     key_valid[:, :written] = valid
     got = cache.at(torch.arange(written - new, written)).attention_mask(key_valid, new, torch.device("cpu"))
