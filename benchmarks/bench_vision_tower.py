@@ -157,9 +157,9 @@ def matmul_flops(config: Config, grid: torch.Tensor) -> float:
 
 
 def _window_sizes(config: Config, grid: torch.Tensor) -> list[int]:
-    from qwenvl_min.model.geometry import window_layout
+    from qwenvl_min.model.geometry import window_unit_order
 
-    return window_layout(grid, config.vision.window_merged, config.vision.merge_size)[1]
+    return window_unit_order(grid, config.vision.window_merged, config.vision.merge_size)[1]
 
 
 def gemm_rate(config: Config, n: int, device: torch.device, reps: int = 3) -> float:

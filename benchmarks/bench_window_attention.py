@@ -41,7 +41,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 from qwenvl_min.kernels import _registry, window_attention  # noqa: E402
 from qwenvl_min.kernels._window_attention import FWD, INTERPRETED, attend_into  # noqa: E402
 from qwenvl_min.model.attention import segment_attention_torch  # noqa: E402
-from qwenvl_min.model.geometry import frame_lengths, window_layout  # noqa: E402
+from qwenvl_min.model.geometry import frame_lengths, window_unit_order  # noqa: E402
 from qwenvl_min.model.segments import Segments  # noqa: E402
 
 HEADS, HEAD_DIM = 16, 80
@@ -51,7 +51,9 @@ SCALE = HEAD_DIM**-0.5
 def layer_case(px: int, layer: str, dtype: torch.dtype, device: str, heads: int = HEADS) -> dict:
     side = px // 14
     grid = torch.tensor([[1, side, side]])
-    lengths = window_layout(grid, window_merged=4, merge=2)[1] if layer == "window" else frame_lengths(grid)
+    lengths = (
+        window_unit_order(grid, window_merged=4, merge=2)[1] if layer == "window" else frame_lengths(grid)
+    )
     n = sum(lengths)
     qkv = torch.randn(n, 3, heads, HEAD_DIM, device=device, dtype=dtype)  # fused projection output
     q, k, v = qkv.unbind(1)

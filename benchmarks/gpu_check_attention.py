@@ -35,12 +35,12 @@ IMAGE_PX = 1344
 
 def layouts(dry_run: bool) -> list[tuple[str, list[int]]]:
     """(name, segment lengths) of every case."""
-    from qwenvl_min.model.geometry import frame_lengths, window_layout
+    from qwenvl_min.model.geometry import frame_lengths, window_unit_order
 
     def image(px: int) -> tuple[list[int], list[int]]:
         side = px // 14
         grid = torch.tensor([[1, side, side]])
-        return window_layout(grid, window_merged=4, merge=2)[1], frame_lengths(grid)
+        return window_unit_order(grid, window_merged=4, merge=2)[1], frame_lengths(grid)
 
     if dry_run:
         windows, _ = image(168)  # 12 x 12 patches: one full window, two edge windows, a corner

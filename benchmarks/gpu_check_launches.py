@@ -94,7 +94,7 @@ def tower_launches() -> list[tuple[str, object]]:
 
     from qwenvl_min import Config
     from qwenvl_min.kernels import _registry
-    from qwenvl_min.model.geometry import frame_lengths, window_layout
+    from qwenvl_min.model.geometry import frame_lengths, window_unit_order
 
     vision = Config.preset(step.PRESET).vision
     side = step.SIDE_PX // vision.patch_size
@@ -105,7 +105,7 @@ def tower_launches() -> list[tuple[str, object]]:
         (f"tower step rotary {variant.name}", variant.launch(*rotary))
         for variant in _registry.variants("rotary")
     ]
-    windows = window_layout(grid, vision.window_merged, vision.merge_size)[1]
+    windows = window_unit_order(grid, vision.window_merged, vision.merge_size)[1]
     for name, lengths in (("windows", windows), ("frames", frame_lengths(grid))):
         q, k, v, o, lse, cu, longest = _attention_args(
             lengths, vision.num_heads, vision.head_dim, torch.bfloat16

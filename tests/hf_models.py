@@ -205,12 +205,12 @@ def max_err(a: Tensor, b: Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def rope_config(head_dim: int = 128, theta: float = 1e6, section=(16, 24, 24), layout: str = "sections"):
+def rope_config(head_dim: int = 128, theta: float = 1e6, section=(16, 24, 24), axes: str = "sections"):
     """A one-head TextConfig that carries just the M-RoPE settings, for rotary-only tests."""
     from qwenvl_min import TextConfig
 
     return TextConfig(
         vocab_size=8, hidden_size=head_dim, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
         rms_norm_eps=1e-6, rope_theta=theta, mrope_section=tuple(section), tie_word_embeddings=True,
-        mrope_layout=layout,
+        mrope_axes=axes,
     )  # fmt: skip

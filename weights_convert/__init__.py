@@ -1,7 +1,7 @@
 """Hugging Face <-> qwenvl-min weight conversion (installed as `qwenvl_min.weights_convert`).
 
 mapping.py: the key/tensor mapping (pure functions); convert.py: file conversion, both directions;
-checkpoint.py: directory layout and manifest; safetensors_io.py: streaming writer and mmap reader.
+checkpoint.py: directory format and manifest; safetensors_io.py: streaming writer and mmap reader.
 """
 
 from .checkpoint import CheckpointError

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reverse",
         dest="to_hf",
         action="store_true",
-        help="convert a qwenvl-min checkpoint back to the Hugging Face layout (transformers from_pretrained)",
+        help="convert a qwenvl-min checkpoint back to the Hugging Face format (transformers from_pretrained)",
     )
     parser.add_argument(
         "--dtype",
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwenvl_min.weights_convert",
-        description="Convert Qwen2-VL / Qwen2.5-VL checkpoints between the Hugging Face layout and qwenvl-min's.",
+        description="Convert Qwen2-VL / Qwen2.5-VL checkpoints between the Hugging Face format and qwenvl-min's.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,7 +1,7 @@
 """File conversion between Hugging Face Qwen2-VL / Qwen2.5-VL checkpoints and ours, both directions.
 
-`convert_checkpoint(src, dst)`: an HF checkpoint (directory or hub id; either key layout, flat or nested
-config.json) -> our layout. `export_to_hf(src, dst)`: ours -> the published HF layout, which
+`convert_checkpoint(src, dst)`: an HF checkpoint (directory or hub id; either key naming, flat or nested
+config.json) -> our format. `export_to_hf(src, dst)`: ours -> the published HF naming, which
 transformers' `from_pretrained` loads. Both:
 - check everything that can be checked from config.json and the safetensors headers before reading any
   tensor data: every source key mapped or explicitly dropped, no key produced twice, shapes against the
@@ -61,7 +61,7 @@ from .mapping import (
 from .numerics import cast_checked, check_loadable
 from .safetensors_io import TensorInfo, header_sha256, write_safetensors
 
-CONVERTER_VERSION = "2"  # bump when the written layout or manifest changes
+CONVERTER_VERSION = "2"  # bump when the written format or manifest changes
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # bytes; the "5GB" transformers has long used
 DTYPE_CHOICES = {
     "float32": torch.float32,
@@ -106,7 +106,7 @@ def convert_checkpoint(
     force: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint (local directory or hub id) to our layout at `dst`.
+    """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint (local directory or hub id) to our format at `dst`.
 
     dtype: cast floating tensors (default: keep each source dtype). shard_size: bytes or "5GB"/"2GiB".
     progress: a bar (None: by `qwenvl_min.utils.progress`'s rule: on a terminal, unless quieted). Returns the absolute path of `dst`.
@@ -129,7 +129,7 @@ def convert_checkpoint(
         items, dropped = _plan_hf_to_ours(config, weights, out_dtype, src_dir)
         check_loadable({item.out_key: item.dtype for item in items}, src_dir)
         companions = read_companions(src_dir)
-        source["layout"] = _hf_layout(weights)
+        source["layout"] = _hf_naming(weights)
 
         def produce(item: _Item) -> Tensor:
             tensor = hf_tensor_to_ours(item.out_key, _read(item))
@@ -151,7 +151,7 @@ def export_to_hf(
     force: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Write one of our checkpoints in the published HF layout (`visual.*`, `model.*`, `lm_head.*`, nested
+    """Write one of our checkpoints in the published HF naming (`visual.*`, `model.*`, `lm_head.*`, nested
     config.json) that transformers 5 `from_pretrained` loads. Options as in `convert_checkpoint`."""
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
     src_dir = Path(src).expanduser().resolve()
@@ -286,7 +286,7 @@ def _target_dtype(info: TensorInfo, out_dtype: torch.dtype | None) -> torch.dtyp
     return out_dtype if out_dtype is not None and info.dtype.is_floating_point else info.dtype
 
 
-def _hf_layout(weights: dict[str, Any]) -> str:
+def _hf_naming(weights: dict[str, Any]) -> str:
     v5 = any(key.startswith(("model.visual.", "model.language_model.")) for key in weights)
     return "transformers5" if v5 else "published"
 

@@ -3,7 +3,7 @@
 Pure functions on names and tensors, used by `QwenVL.from_hf` and by the file converter, so a model built
 in memory and a converted checkpoint always agree.
 
-HF keys come in two layouts: published checkpoints use `visual.*`, `model.*`, `lm_head.*`;
+HF keys come in two namings: published checkpoints use `visual.*`, `model.*`, `lm_head.*`;
 transformers 5 in memory uses `model.visual.*`, `model.language_model.*`, `lm_head.*`. Both are first
 brought to the published ("canonical") form, then renamed by `KEY_TABLE` (the one key table; export
 inverts it). Our own keys and shapes are the model's: `expected_shapes` builds it on the meta device.
@@ -72,7 +72,7 @@ class MappingError(ValueError):
 
 def canonical_hf_key(key: str) -> str:
     """Bring a transformers-5 in-memory key (`model.visual.*`, `model.language_model.*`) to the
-    published layout (`visual.*`, `model.*`); published keys pass through unchanged."""
+    published naming (`visual.*`, `model.*`); published keys pass through unchanged."""
     if key.startswith("model.visual."):
         return key[len("model.") :]
     if key.startswith("model.language_model."):
@@ -81,7 +81,7 @@ def canonical_hf_key(key: str) -> str:
 
 
 def hf_key_to_ours(key: str) -> str | None:
-    """Our key for an HF key in either layout; None for keys dropped on purpose; MappingError if unknown."""
+    """Our key for an HF key in either naming; None for keys dropped on purpose; MappingError if unknown."""
     key = canonical_hf_key(key)
     found, ours = _translate(key, _TO_OURS)
     if not found:
@@ -207,7 +207,7 @@ def _our_shape(our_key: str, hf_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strict conversion of a whole HF state dict (either layout) to ours (tensors are not copied)."""
+    """Strict conversion of a whole HF state dict (either naming) to ours (tensors are not copied)."""
     plan = plan_hf_to_ours(config, {key: tuple(t.shape) for key, t in hf_state.items()})
     if plan.tied_lm_head is not None:
         embed = hf_state[plan.sources["text.embed_tokens.weight"]]
@@ -217,6 +217,6 @@ def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dic
 
 
 def our_state_dict_to_hf(config: Config, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Our state dict in the published HF layout (what `save_pretrained` writes; tied lm_head omitted)."""
+    """Our state dict in the published HF naming (what `save_pretrained` writes; tied lm_head omitted)."""
     check_state_dict(config, state)
     return {our_key_to_hf(k): our_tensor_to_hf(config, k, t) for k, t in state.items()}

@@ -35,10 +35,18 @@ from ..interp.attention_maps import (
 from ..interp.overlay import draw_scaled_heatmap, frames_from_patches, patch_grid_values
 from ..model.qwenvl import QwenVL
 from ..utils.fs import write_atomic
+from .options import add_model
 from .support import CliError, image_inputs, is_video, load_model
 
 log = logging.getLogger(__name__)
 JSON_NAME = "attend.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    attend = sub.add_parser("attend", help="PNGs of where answer tokens look on an image (attention maps)")
+    add_model(attend)
+    add_arguments(attend)
+    attend.set_defaults(func=cmd_attend)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

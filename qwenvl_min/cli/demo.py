@@ -32,6 +32,18 @@ from ..model.qwenvl import QwenVL
 from .support import FAMILIES, vision_prompt, window_summary
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser(
+        "demo", help="token flow, timings and pictures on a tiny seeded model (no download)"
+    )
+    demo.add_argument(
+        "--out", default="qwenvl-min-demo", help="directory for the PNGs (default ./qwenvl-min-demo)"
+    )
+    demo.add_argument("--family", choices=sorted(FAMILIES), default="qwen2.5-vl")
+    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (default 8)")
+    demo.set_defaults(func=cmd_demo)
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 

@@ -39,6 +39,7 @@ from ..weights_convert.safetensors_io import (
     write_safetensors,
 )
 from .distributed import all_gather_objects, share
+from .options import add_model, add_pixel_budget
 from .support import (
     CliError,
     VideoFlags,
@@ -132,6 +133,20 @@ def _clean_stale(out: Path) -> None:
     for tmp in out.glob(".*.safetensors.*.tmp"):
         if tmp.is_file() and not tmp.is_symlink():
             tmp.unlink(missing_ok=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    latents = sub.add_parser("latents", help="save chosen taps for many inputs, one .safetensors each")
+    add_model(latents)
+    latents.add_argument(
+        "--taps", required=True, help="comma-separated tap names, e.g. visual.merger.input,text.layers.3"
+    )
+    latents.add_argument("--out", required=True, help="output directory (existing outputs are skipped)")
+    latents.add_argument("inputs", nargs="+", help="image / video files")
+    latents.add_argument("--no-progress", action="store_true", help="no progress bar")
+    latents.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_pixel_budget(latents)
+    latents.set_defaults(func=cmd_latents)
 
 
 def cmd_latents(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from ..inputs.preprocess import (
 )
 from ..inputs.vision_messages import prepare_vision
 from ..model.config import Config
-from ..model.geometry import window_layout
+from ..model.geometry import window_unit_order
 from ..model.qwenvl import QwenVL
 from ..utils.devices import DeviceError, check_device
 from ..utils.validate import guard_finite_hidden_states
@@ -175,7 +175,7 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
     v = config.vision
     if v.family == "qwen2_vl":
         return f"none (Qwen2-VL: every block attends to the whole frame, {int(grid_thw[0, 1] * grid_thw[0, 2])} patches)"
-    _, sizes = window_layout(grid_thw, v.window_merged, v.merge_size)
+    _, sizes = window_unit_order(grid_thw, v.window_merged, v.merge_size)
     side = v.window_merged * v.merge_size
     counts = ", ".join(f"{n} x {size}" for size, n in sorted(Counter(sizes).items(), reverse=True))
     full = ", ".join(map(str, v.fullatt_block_indexes)) or "none"

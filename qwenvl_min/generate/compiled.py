@@ -134,7 +134,7 @@ class CompiledText:
         """One decode step: tokens (B,), positions (3, B, 1), slot (1,) -> logits (B, V)."""
         if self.mode in ("reduce-overhead", "max-autotune"):
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        # positions come as a view whose strides depend on the request's length: a fixed layout, no guard
+        # positions come as a view whose strides depend on the request's length: fixed strides, no guard
         positions = positions.contiguous()
         logits = self.step_fn(model, tokens[:, None], positions, cache.key_valid, cache.at(slot))
         # CUDA graphs overwrite their output at the next replay: the caller gets its own copy

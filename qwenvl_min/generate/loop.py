@@ -1,6 +1,6 @@
 """Autoregressive generation: one prefill over the prompt, then cached token-by-token decoding.
 
-Shape legend: B batch, T prompt tokens (left padded), n new tokens, V vocab, E LLM width.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T (the prompt, left padded), n, V, E.
 
 Positions (docs/design.md, "3-D positions"): the prefill derives 3-D positions from the prompt with `get_rope_index`,
 which also returns each row's delta; the n-th new token of row b then takes

@@ -1,7 +1,7 @@
 """`QwenVL.from_pretrained(path_or_hub_id)` and `QwenVL.from_hf(config, state_dict)`: a Hugging Face
 checkpoint (or one of ours) straight into a model.
 
-Accepted: an HF checkpoint directory (either key layout, `model.safetensors` or shards with an index, flat
+Accepted: an HF checkpoint directory (either key naming, `model.safetensors` or shards with an index, flat
 4.x or nested 5.x config.json), a Hub id (downloaded with huggingface_hub; offline, a clear error), or a
 directory written by our converter (handed to `qwenvl_min.hf.load`).
 
@@ -78,7 +78,7 @@ def from_pretrained(
 
 def from_hf(config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
     """`QwenVL.from_hf`: a model in eval mode from an HF config (a config.json dict or a transformers config
-    object) and an HF state dict in either key layout (strict: every key mapped or dropped on purpose).
+    object) and an HF state dict in either key naming (strict: every key mapped or dropped on purpose).
 
     The weights are copied (detached), so changing ours never changes the source model and back.
     share=True uses the given tensors themselves as our parameters (no copy, no extra memory): then an

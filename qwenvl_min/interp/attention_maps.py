@@ -20,8 +20,8 @@ Vision block b: attention received by each patch, the block's probabilities aver
 over the query patches of the image. Every query row sums to 1 over its segment (the frame in a
 full-attention block, its window otherwise), so the received values sum to 1 over the image's patches.
 
-Shape legend: H query heads, T sequence length (prompt + answer), n chosen answer tokens, L chosen
-layers, M merged image tokens, N patches (pixel_values rows), h x w patch grid.
+Shapes (letters as in docs/design.md, "Shape legend"): H, T (prompt + answer), n (chosen answer tokens),
+M (the image's merged tokens), N, h x w (its patch grid); "layers" counts the chosen decoder layers.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class AnswerAttention:
     layers: tuple[int, ...]  # decoder layers averaged
     queries: tuple[int, ...]  # (n,) sequence position of each chosen token's query
     rows: Tensor  # (n, T) fp32: mean over layers and query heads of each query's probabilities
-    per_layer: Tensor  # (L, n, T) fp32: the same, layer by layer (mean over heads only)
+    per_layer: Tensor  # (layers, n, T) fp32: the same, layer by layer (mean over heads only)
     image_positions: Tensor  # (M,) int64: sequence positions of the image's pad tokens, in feature order
     vision_block: int | None
     received: Tensor | None  # (N,) fp32 attention received per patch (pixel_values row order), or None
@@ -63,7 +63,7 @@ class AnswerAttention:
 
     @property
     def image_share_per_layer(self) -> Tensor:
-        """(L, n) the share layer by layer."""
+        """(layers, n) the share layer by layer."""
         return self.per_layer[:, :, self.image_positions].sum(-1)
 
 
@@ -143,7 +143,7 @@ def answer_attention(
         raise ValueError(err.args[0]) from None
     with torch.inference_mode(), taps:
         model(sequence.to(device), **{k: v.to(device) for k, v in vision.items()})
-    stacked = torch.stack([per_layer[layer] for layer in layers])  # (L, n, T)
+    stacked = torch.stack([per_layer[layer] for layer in layers])  # (layers, n, T)
     return AnswerAttention(
         layers=tuple(layers),
         queries=tuple(int(q) for q in queries),

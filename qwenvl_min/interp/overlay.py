@@ -3,7 +3,7 @@
 Everything here works from the model's own inputs (pixel_values rows and grid_thw), so a picture shows
 exactly the pixels, patches, 2x2 merge blocks and attention windows the model uses, after smart_resize.
 
-Shape legend: N patch rows, h x w patches per frame, P patch size in pixels (14).
+Shapes (letters as in docs/design.md, "Shape legend"): N; h x w patches per frame of p x p pixels (p = 14).
 """
 
 from __future__ import annotations

@@ -1,45 +1,26 @@
 """Taps: read and replace internal tensors of a forward by name, through the module tree's own hooks.
 
-A tap name is a module path (`model.named_modules()`), with a suffix for the few points that are not a
-module's output:
-
-| name                                 | tensor                                                           |
-|--------------------------------------|------------------------------------------------------------------|
-| `<module path>`                      | the module's output, e.g. `visual.blocks.3`, `text.layers.12.mlp` |
-| `<module path>.input`                | the module's first input, e.g. `visual.merger.input` (pre-merge)  |
-| `<attention path>.probs`             | attention probabilities (fp32) of one attention module            |
-
-Useful ones: `visual.patch_embed` (N, D) patch embeddings; `visual.blocks.{i}` (N, D); `visual.merger.input`
-(N, D) the pre-merge patch features; `visual.merger` (M, E) the merged features, one row per pad token;
-`text.layers.0.input` (B, T, E) token embeddings with the vision features inserted; `text.layers.{i}`
-(B, T, E); `text.norm` (B, T, E) what the lm_head sees; `visual.blocks.{i}.attn.probs` a `SegmentMaps`;
-`text.layers.{i}.attn.probs` (B, heads, T, K). `tap_names(model)` lists every name.
-
-Vision tensors are in pixel_values row order (every module of the tower works in that order) and cover
-the images' rows first, then the videos'. A replacement is a tensor of the same shape or a function
-`f(tensor) -> tensor`; it flows into the rest of the forward, and a read of the same name records what
-flows on. Reading or replacing `.probs` swaps that module's `attend` for the exact materializing
-attention (`qwenvl_min.model.attention`) for the duration of the `with` block, so maps are computed only for
-the modules asked for (a pre-hook swaps it in for that module's own call, a hook puts the default back);
-outside a `with` block no hook is registered and the forward pays nothing.
+A tap name is a module path (its output), `<module path>.input` (its first input) or `<attention
+path>.probs` (its attention probabilities, fp32); the table of useful names, their shapes and their row
+order is in docs/design.md ("Taps"), and `tap_names(model)` lists every name.
 
     with model.taps(read=["text.layers.12", "visual.merger.input"],
                     replace={"text.layers.5": torch.zeros_like}) as taps:
         out = model(**inputs)
     taps.cache["text.layers.12"]
 
+A replacement is a tensor of the same shape or a function `f(tensor) -> tensor`; it flows into the rest of
+the forward, and a read of the same name records what flows on. Reading or replacing `.probs` swaps that
+module's `attend` for the exact materializing attention (`qwenvl_min.model.attention`) for its own calls
+(a pre-hook swaps it in, a hook puts the default back), so maps are computed only for the modules asked
+for; outside a `with` block no hook is registered and the forward pays nothing.
+
 Each forward inside the block overwrites what the previous one recorded (`keep="last"`, the default).
 `keep="all"` keeps every call: `taps.calls[i]` is what the i-th forward of the whole model recorded
-(`taps.cache` is the latest of them), which is how internals are read during generation:
-
-    with model.taps(read=["text.layers.3.attn.probs"], keep="all") as taps:
-        new = generate(model, **batch, max_new_tokens=8)
-    taps.calls[0]  # the prefill: every prompt position
-    taps.calls[k]  # decode step k (k >= 1): one position, the one whose logits picked new token k
-
-Call 0's logits pick new token 0, so n new tokens take n calls (the last token is never fed back).
-With `keep="all"` only forwards of the model itself count as calls: a value reaching a tap while a
-submodule is called on its own (`model.visual(...)`) is refused, since it belongs to no call.
+(`taps.cache` is the latest of them), which is how internals are read during generation (call 0 the
+prefill, call k the decode step whose logits picked new token k). With `keep="all"` only forwards of the
+model itself count as calls: a value reaching a tap while a submodule is called on its own
+(`model.visual(...)`) is refused, since it belongs to no call.
 
 A tensor-parallel model (`qwenvl_min.parallel.parallelize`) takes the same arguments and gives the same
 single-process tensors: taps find its mesh from the DTensor parameters and gather (or slice) the tap

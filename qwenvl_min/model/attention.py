@@ -17,8 +17,7 @@ text    attend(q, k, v, mask, scale) -> out
 This file holds the torch implementations: the fast ones (SDPA) and the exact, materializing ones that
 also return fp32 probabilities (used when a tap asks for attention maps).
 
-Shape legend: N packed rows, H query heads, G kv heads, Dh head dim, S_g segments of one length L,
-B batch, T queries, K keys.
+Shapes (letters as in docs/design.md, "Shape legend"): N (packed rows), H, G, Dh, S_g, L, B, T (queries), K.
 """
 
 from __future__ import annotations

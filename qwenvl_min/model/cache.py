@@ -21,7 +21,7 @@ One storage, two ways to write it (gpt-fast's fixed buffers, with an eager appen
 The append mode keeps eager decoding as fast as before the two were one type: attention over the filled
 part costs less than over every slot with a mask (docs/compiled_generation.md).
 
-Shape legend: B batch, T new tokens, K = past + new tokens, C capacity (slots), G kv heads, Dh head dim.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T (new tokens), K, C, G, Dh.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .rope import MROPE_LAYOUTS
+from .rope import MROPE_AXES
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
@@ -117,13 +117,13 @@ class TextConfig:
     mrope_section: tuple[int, ...]
     tie_word_embeddings: bool
     max_position_embeddings: int = 32768
-    mrope_layout: str = "sections"  # which position axis drives each rotary frequency: rope.MROPE_LAYOUTS
+    mrope_axes: str = "sections"  # which position axis drives each rotary frequency: rope.MROPE_AXES
 
     def __post_init__(self) -> None:
         _check_types(self, "text config")
 
-        if self.mrope_layout not in MROPE_LAYOUTS:
-            raise ConfigError(f"mrope_layout {self.mrope_layout!r} is not one of {sorted(MROPE_LAYOUTS)}")
+        if self.mrope_axes not in MROPE_AXES:
+            raise ConfigError(f"mrope_axes {self.mrope_axes!r} is not one of {sorted(MROPE_AXES)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"text config: hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads"
@@ -218,9 +218,9 @@ class Config:
     def to_hf(self) -> dict[str, Any]:
         """A transformers-5 (nested) config.json dict that `Qwen2VLConfig` / `Qwen2_5_VLConfig` load."""
         v, t = self.vision, self.text
-        if t.mrope_layout != "sections":
+        if t.mrope_axes != "sections":
             raise ConfigError(
-                f"mrope_layout {t.mrope_layout!r} has no Qwen2-VL / Qwen2.5-VL config spelling (those models "
+                f"mrope_axes {t.mrope_axes!r} has no Qwen2-VL / Qwen2.5-VL config spelling (those models "
                 "use contiguous sections); keep such a model in our own format"
             )
         vision: dict[str, Any] = {
@@ -302,6 +302,8 @@ class Config:
             )
             text = dict(data["text"])
             text["mrope_section"] = _int_list(text["mrope_section"], "mrope_section", "text")
+            if "mrope_layout" in text:  # the field's name in checkpoints converted before 0.2
+                text["mrope_axes"] = text.pop("mrope_layout")
             rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
             return cls(vision=VisionConfig(**vision), text=TextConfig(**text), **rest)
         except (KeyError, TypeError, ValueError) as err:
@@ -438,7 +440,7 @@ def _text_from_hf(src: dict[str, Any], root: dict[str, Any]) -> TextConfig:
         )
     tie = root.get("tie_word_embeddings", src.get("tie_word_embeddings", False))
     if not tie and src.get("tie_word_embeddings"):
-        tie = True  # pre-v5 layout kept the flag on the text config
+        tie = True  # pre-v5 configs kept the flag on the text config
     if not isinstance(tie, bool):
         raise ConfigError(f"config field 'tie_word_embeddings' must be true or false, got {tie!r}")
     return TextConfig(

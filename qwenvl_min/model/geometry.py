@@ -15,7 +15,7 @@ windows of `window_merged` x `window_merged` merged tokens; edge windows are sma
 of whole merge units (the m*m rows of one merged token), listed row-major inside the window, windows
 row-major per frame, frames and items outer: the order transformers uses.
 
-Shape legend: N patch rows, M = N / m^2 merged tokens (= merge units), W windows.
+Shapes (letters as in docs/design.md, "Shape legend"): N, M (= merge units), W.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def frame_lengths(grid_thw: Tensor) -> list[int]:
     return [h * w for t, h, w in grid_thw.tolist() for _ in range(t)]
 
 
-def window_layout(grid_thw: Tensor, window_merged: int, merge: int) -> tuple[Tensor, list[int]]:
+def window_unit_order(grid_thw: Tensor, window_merged: int, merge: int) -> tuple[Tensor, list[int]]:
     """Window order of the merge units and the window sizes in rows.
 
     Returns `unit_index` (M,) int64 with `units_in_window_order = units_in_row_order[unit_index]` and the
@@ -106,7 +106,7 @@ def window_layout(grid_thw: Tensor, window_merged: int, merge: int) -> tuple[Ten
 
 def window_row_order(grid_thw: Tensor, window_merged: int, merge: int) -> tuple[Tensor, list[int]]:
     """(N,) int64 pixel_values row of every position in window order, and the window sizes in rows."""
-    unit_index, sizes = window_layout(grid_thw, window_merged, merge)
+    unit_index, sizes = window_unit_order(grid_thw, window_merged, merge)
     unit = merge**2
     order = (unit_index[:, None] * unit + torch.arange(unit)).reshape(-1)  # (M, m^2) -> (N,)
     return order, sizes

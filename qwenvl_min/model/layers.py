@@ -1,6 +1,6 @@
 """Small building blocks shared by the vision tower and the decoder: norms and MLPs.
 
-Shape legend: ... any leading dims, D model width, F MLP hidden width.
+Shapes (letters as in docs/design.md, "Shape legend"): ... any leading dims, D (the width of the layer: ViT or LLM), F.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a forward of the model returns, and the causal-LM loss it computes from `labels`.
 
-Shape legend: B batch, T tokens, V vocab.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T, V.
 """
 
 from __future__ import annotations

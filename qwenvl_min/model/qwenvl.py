@@ -1,6 +1,6 @@
 """The whole vision-language model: vision tower + Qwen2 decoder + lm_head.
 
-Shape legend (docs/design.md): B batch, T tokens, V vocab, E LLM width, N patch rows, M merged vision tokens.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T, K, V, E, N, M.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class QwenVL(nn.Module):
     @classmethod
     def from_hf(cls, config: Any, state_dict: Mapping[str, Tensor], *, share: bool = False) -> QwenVL:
         """Build from an HF config (a config.json dict or a transformers config object) and an HF state dict
-        in either key layout (strict: every key mapped or dropped on purpose); see `qwenvl_min.hf.from_hf`.
+        in either key naming (strict: every key mapped or dropped on purpose); see `qwenvl_min.hf.from_hf`.
 
         The weights are copied (detached); share=True uses the given tensors themselves (no copy).
         """
@@ -87,7 +87,7 @@ class QwenVL(nn.Module):
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "cpu",
     ) -> QwenVL:
-        """A model in eval mode from a Hugging Face checkpoint directory (either key layout, single file or
+        """A model in eval mode from a Hugging Face checkpoint directory (either key naming, single file or
         sharded, flat or nested config.json), a Hub id, or one of our converted directories; memory-mapped
         and strict. See `qwenvl_min.hf.from_pretrained`."""
         from .. import hf

@@ -9,9 +9,9 @@ Only the angle table differs:
   * vision 2D-RoPE: a = [row * f | col * f] with f_i = theta^(-2i/(Dh/2)), i < Dh/4 (theta 1e4);
   * text M-RoPE:    a_j = p_axis(j) * f_j with f_j = theta^(-2j/Dh), j < Dh/2 (theta 1e6), where axis(j)
     is temporal / height / width by contiguous chunks of `mrope_section` (e.g. [16, 24, 24]) in the
-    released models; other layouts are one function each in MROPE_LAYOUTS.
+    released models; other axis assignments are one function each in MROPE_AXES.
 
-Shape legend: N packed tokens, B batch, T sequence, H heads, Dh head dim, R = Dh/2 (half width); letters as in docs/design.md.
+Shapes (letters as in docs/design.md, "Shape legend"): N, B, T, H, Dh, R.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def vision_rotary_table(
     return angles.cos(), angles.sin()
 
 
-# ---- M-RoPE layouts: which position axis (0 time, 1 height, 2 width) drives each frequency ------------------
-MropeLayout = Callable[[tuple[int, ...]], Tensor]
+# ---- M-RoPE axes: which position axis (0 time, 1 height, 2 width) drives each frequency ------------------
+MropeAxes = Callable[[tuple[int, ...]], Tensor]
 
 
 def sectioned_axes(mrope_section: tuple[int, ...]) -> Tensor:
@@ -121,17 +121,17 @@ def interleaved_axes(mrope_section: tuple[int, ...]) -> Tensor:
     return axes
 
 
-MROPE_LAYOUTS: dict[str, MropeLayout] = {"sections": sectioned_axes, "interleaved": interleaved_axes}
+MROPE_AXES: dict[str, MropeAxes] = {"sections": sectioned_axes, "interleaved": interleaved_axes}
 
 
 def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos/sin (B, T, Dh/2) for M-RoPE from 3-Dh positions (3, B, T); angles in fp32, cast to `dtype`.
 
     angle[b, t, j] = positions[axis(j), b, t] * inv_freq[j], where axis(j) comes from the config's
-    `mrope_layout` (see MROPE_LAYOUTS)."""
-    setting = (config.head_dim, config.rope_theta, config.mrope_section, config.mrope_layout)
+    `mrope_axes` (see MROPE_AXES)."""
+    setting = (config.head_dim, config.rope_theta, config.mrope_section, config.mrope_axes)
     if torch.compiler.is_compiling():
-        # traced, the layouts' index arithmetic has data-dependent sizes: the graph takes the values as
+        # traced, the axis assignments' index arithmetic has data-dependent sizes: the graph takes the values as
         # constants instead (computed once, while tracing)
         freq_values, axis_values = _mrope_constant_values(*setting)
         inv_freq = torch.tensor(freq_values, dtype=torch.float32, device=positions.device)
@@ -145,25 +145,23 @@ def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tu
 
 @cache
 def _mrope_constants(
-    head_dim: int, theta: float, mrope_section: tuple[int, ...], layout: str, device: torch.device
+    head_dim: int, theta: float, mrope_section: tuple[int, ...], axes: str, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """inv_freq (R,) fp32 and the axis of every frequency (R,), made once per setting: they are
     constants, and rebuilding them every call was a visible share of a tiny model's decode step."""
     if sum(mrope_section) * 2 != head_dim:
         raise ValueError(f"mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     inv_freq = inverse_frequencies(head_dim, theta).to(device)
-    axis_of_freq = MROPE_LAYOUTS[layout](mrope_section).to(device)
+    axis_of_freq = MROPE_AXES[axes](mrope_section).to(device)
     if axis_of_freq.shape != (head_dim // 2,):
-        raise ValueError(
-            f"M-RoPE layout {layout!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}"
-        )
+        raise ValueError(f"M-RoPE axes {axes!r} gave {tuple(axis_of_freq.shape)} axes, need {head_dim // 2}")
     return inv_freq, axis_of_freq
 
 
 @torch.compiler.assume_constant_result
 def _mrope_constant_values(
-    head_dim: int, theta: float, mrope_section: tuple[int, ...], layout: str
+    head_dim: int, theta: float, mrope_section: tuple[int, ...], axes: str
 ) -> tuple[tuple[float, ...], tuple[int, ...]]:
     """`_mrope_constants` as Python numbers (fp32 values are exact as Python floats)."""
-    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, mrope_section, layout, torch.device("cpu"))
+    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, mrope_section, axes, torch.device("cpu"))
     return tuple(inv_freq.tolist()), tuple(axis_of_freq.tolist())

@@ -2,7 +2,7 @@
 
 Vision attention is block diagonal. Qwen2-VL attends within each temporal patch of each image/video
 ("frame segments", contiguous in row order); Qwen2.5-VL does the same in its `fullatt_block_indexes`
-blocks and otherwise within windows of merged tokens (`geometry.window_layout`), which are *not*
+blocks and otherwise within windows of merged tokens (`geometry.window_unit_order`), which are *not*
 contiguous in row order.
 
 A `Segments` value describes one such partition in *packed order*, the order in which every segment is
@@ -17,7 +17,7 @@ everything outside the attention sees row order. In packed order the segments ar
 Everything here is built once per forward, on the host, before the blocks run: the attention itself
 never reads a device value back (no host syncs inside the blocks).
 
-Shape legend: N rows, S segments, S_g segments of one group, L their length.
+Shapes (letters as in docs/design.md, "Shape legend"): N, S, S_g, L.
 """
 
 from __future__ import annotations

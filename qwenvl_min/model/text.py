@@ -1,7 +1,6 @@
 """Qwen2 decoder with M-RoPE: embeddings, pre-norm layers (GQA attention, SwiGLU MLP), final RMSNorm.
 
-Shape legend: B batch, T new tokens, K = past + new tokens (keys), E width, H query heads,
-G kv heads (H a multiple of G), Dh head dim (128 in released models), R = Dh/2.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T (new tokens), K (past + new), E, H, G, Dh, R.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Vision tower of Qwen2-VL and Qwen2.5-VL: patch embedding, ViT blocks with 2D rotary, 2x2 patch merger.
 
-Shape legend: N patch rows (pixel_values rows), D ViT width, H heads, Dh head dim (80), R = Dh/2,
-M = N/4 merged tokens, E merger output width (= LLM width).
+Shapes (letters as in docs/design.md, "Shape legend"): N, D, H, Dh, R, M, E.
 
 Every module here takes and returns rows in pixel_values row order (`qwenvl_min.model.geometry`), so a
 forward hook anywhere in the tower sees that order. Qwen2.5-VL's windows are not contiguous in that

@@ -11,7 +11,7 @@ The other keys of a processor's output are validated here, never silently truste
   Qwen2-VL's positions step one per temporal patch whatever the frame rate, so it must be one finite,
   positive value per video and is then not used (Qwen2.5-VL uses it for the temporal positions).
 
-Shape legend: B batch, T tokens, N patch rows (images' or videos'), P = patch_dim values per row.
+Shapes (letters as in docs/design.md, "Shape legend"): B, T, N (images' or videos' rows), P.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def load_sharded(
     """A tensor-parallel QwenVL (eval mode) over the 1-D `mesh`, each rank reading only its slices.
 
     path: a converted checkpoint (`qwenvl-min convert`) or a Hugging Face directory (config.json and
-    safetensors shards in either key layout). dtype: cast floating weights (default: as stored). The
+    safetensors shards in either key naming). dtype: cast floating weights (default: as stored). The
     weights go to the mesh's device (this rank's GPU under NCCL). Every rank must call it (collective).
     """
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):

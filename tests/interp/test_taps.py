@@ -241,9 +241,11 @@ def test_read_values_equal_transformers(model):
         torch.testing.assert_close(cache[f"text.layers.{i}.attn.probs"], out.attentions[i], rtol=0, atol=1e-6)
     vision_states = out.image_outputs.hidden_states  # [patch_embed, block 0, ..., block depth-1]
     if cfg.model_type == "qwen2_5_vl":
-        from qwenvl_min.model.geometry import window_layout
+        from qwenvl_min.model.geometry import window_unit_order
 
-        unit_index, _ = window_layout(data["image_grid_thw"], cfg.vision.window_merged, cfg.vision.merge_size)
+        unit_index, _ = window_unit_order(
+            data["image_grid_thw"], cfg.vision.window_merged, cfg.vision.merge_size
+        )
         inverse = torch.argsort(unit_index)
         vision_states = [s.view(-1, 4, s.shape[-1])[inverse].reshape(s.shape) for s in vision_states]
     ours = [cache["visual.patch_embed"]] + [cache[f"visual.blocks.{i}"] for i in range(cfg.vision.depth)]

@@ -14,7 +14,7 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionCon
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionRotaryEmbedding
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
-from qwenvl_min.model.geometry import frame_lengths, patch_coordinates, window_layout
+from qwenvl_min.model.geometry import frame_lengths, patch_coordinates, window_unit_order
 from qwenvl_min.model.rope import vision_rotary_table
 from qwenvl_min.model.segments import Segments
 
@@ -34,8 +34,8 @@ HYPO = settings(max_examples=60, deadline=None, derandomize=True)
 
 @HYPO
 @given(grids_st, window_st)
-def test_window_layout_matches_hf(grid: torch.Tensor, window: int) -> None:
-    unit_index, sizes = window_layout(grid, window // (PATCH * MERGE), MERGE)
+def test_window_unit_order_matches_hf(grid: torch.Tensor, window: int) -> None:
+    unit_index, sizes = window_unit_order(grid, window // (PATCH * MERGE), MERGE)
     hf_index, hf_cu = get_vision_window_index(grid, MERGE, window, PATCH)
     # unit order: the same merge units, in the same order
     assert torch.equal(unit_index, hf_index)
@@ -54,7 +54,7 @@ def test_window_layout_matches_hf(grid: torch.Tensor, window: int) -> None:
 def test_windows_are_tiles_of_single_frames(grid: torch.Tensor, window: int) -> None:
     """Independent of HF: every window holds merge units of one frame, within one window-tile of it."""
     win = window // (PATCH * MERGE)
-    unit_index, sizes = window_layout(grid, win, MERGE)
+    unit_index, sizes = window_unit_order(grid, win, MERGE)
     # (item, frame, row, col) of every merge unit in input order
     owners = []
     for item, (t, h, w) in enumerate(grid.tolist()):
@@ -110,7 +110,7 @@ def test_rotary_coordinates_and_tables_match_hf(grid: torch.Tensor, family: str,
 
 def test_known_layouts() -> None:
     """Hand-checked examples, independent of the HF code."""
-    idx, sizes = window_layout(torch.tensor([[1, 8, 12]]), 4, MERGE)  # merged 4x6: a 4x4 and a 4x2 window
+    idx, sizes = window_unit_order(torch.tensor([[1, 8, 12]]), 4, MERGE)  # merged 4x6: a 4x4 and a 4x2 window
     assert idx.tolist() == [
         0,
         1,
@@ -138,9 +138,9 @@ def test_known_layouts() -> None:
         23,
     ]
     assert sizes == [64, 32]
-    _, sizes = window_layout(torch.tensor([[1, 20, 28]]), 4, MERGE)  # merged 10x14
+    _, sizes = window_unit_order(torch.tensor([[1, 20, 28]]), 4, MERGE)  # merged 10x14
     assert [s // 4 for s in sizes] == [16, 16, 16, 8, 16, 16, 16, 8, 8, 8, 8, 4]
-    _, sizes = window_layout(torch.tensor([[2, 4, 6]]), 4, MERGE)  # one window per frame
+    _, sizes = window_unit_order(torch.tensor([[2, 4, 6]]), 4, MERGE)  # one window per frame
     assert sizes == [24, 24]
     coords = patch_coordinates(torch.tensor([[1, 4, 6]]), MERGE)
     assert coords[:12, 0].tolist() == [0, 0, 1, 1] * 3

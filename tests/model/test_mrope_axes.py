@@ -1,8 +1,8 @@
-"""M-RoPE layouts: which position axis drives each rotary frequency. A layout is one function in
-`qwenvl_min.model.rope.MROPE_LAYOUTS`; the rotary kernel takes per-token tables and needs no change.
+"""M-RoPE axes: which position axis drives each rotary frequency. An assignment is one function in
+`qwenvl_min.model.rope.MROPE_AXES`; the rotary kernel takes per-token tables and needs no change.
 
 The released models use contiguous sections (covered bit-exactly against transformers in test_layers.py);
-the interleaved layout (Qwen3-VL's) is checked here against transformers' Qwen3-VL rotary, and through
+the interleaved assignment (Qwen3-VL's) is checked here against transformers' Qwen3-VL rotary, and through
 the whole model on both the torch path and the kernel path."""
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfi
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
 
 from qwenvl_min import QwenVL
-from qwenvl_min.model.rope import MROPE_LAYOUTS, interleaved_axes, mrope_table, sectioned_axes
+from qwenvl_min.model.rope import MROPE_AXES, interleaved_axes, mrope_table, sectioned_axes
 
 
-def test_layout_axes_by_hand():
+def test_axes_by_hand():
     assert sectioned_axes((2, 3, 3)).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
     # j mod 3, with height / width limited to their section sizes (the rest falls back to time)
     assert interleaved_axes((4, 2, 2)).tolist() == [0, 1, 2, 0, 1, 2, 0, 0]
-    assert set(MROPE_LAYOUTS) >= {"sections", "interleaved"}
+    assert set(MROPE_AXES) >= {"sections", "interleaved"}
 
 
 @pytest.mark.parametrize("section", [(24, 20, 20), (16, 24, 24)])
@@ -37,14 +37,14 @@ def test_interleaved_equals_transformers_qwen3_vl(section):
     positions = torch.randint(0, 5000, (3, 2, 11), generator=torch.Generator().manual_seed(0))
     x = torch.zeros(2, 11, 128)
     cos_hf, sin_hf = rotary(x, positions)
-    cos, sin = mrope_table(positions, rope_config(128, 5e6, section, layout="interleaved"), torch.float32)
+    cos, sin = mrope_table(positions, rope_config(128, 5e6, section, axes="interleaved"), torch.float32)
     assert torch.equal(torch.cat((cos, cos), -1), cos_hf)
     assert torch.equal(torch.cat((sin, sin), -1), sin_hf)
 
 
 def test_interleaved_model_runs_on_both_paths():
     base = tiny_config("qwen2_5_vl", tied=True)
-    cfg = dataclasses.replace(base, text=dataclasses.replace(base.text, mrope_layout="interleaved"))
+    cfg = dataclasses.replace(base, text=dataclasses.replace(base.text, mrope_axes="interleaved"))
     prompt = make_prompt(cfg, [[2, ("image", (1, 8, 12)), 3]], seed=2)
     logits = {}
     for kernels in ("torch", "triton"):
@@ -59,8 +59,8 @@ def test_interleaved_model_runs_on_both_paths():
         assert (sections(prompt.input_ids, **prompt.ours()).logits - logits["torch"]).abs().max() > 1e-4
 
 
-def test_unknown_layout_is_refused():
+def test_unknown_axes_are_refused():
     from qwenvl_min import ConfigError
 
-    with pytest.raises(ConfigError, match="mrope_layout 'spiral' is not one of"):
-        rope_config(layout="spiral")
+    with pytest.raises(ConfigError, match="mrope_axes 'spiral' is not one of"):
+        rope_config(axes="spiral")
