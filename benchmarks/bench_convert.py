@@ -46,7 +46,7 @@ def write_synthetic_source(config: Config, directory: Path) -> int:
     tensors = []
     for key, shape in expected_shapes(config).items():
         hf_shape = tuple(our_tensor_to_hf(config, key, torch.empty(shape, device="meta")).shape)
-        tensors.append((our_key_to_hf(key), hf_shape))
+        tensors.append((our_key_to_hf(key, config.model_type), hf_shape))
     largest = max(math.prod(s) for _, s in tensors)
     pool = torch.randn(largest, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
 

@@ -126,7 +126,7 @@ def build_towers_for(
         hf = hf_cls(hf_cfg).to(dtype).eval()
     if not with_ours:
         return hf, None, config
-    state = {hf_key_to_ours("visual." + k): v for k, v in hf.state_dict().items()}
+    state = {hf_key_to_ours("visual." + k, config.model_type): v for k, v in hf.state_dict().items()}
     state = {
         k.removeprefix("visual."): v.reshape(v.shape[0], -1) if k == "visual.patch_embed.weight" else v
         for k, v in state.items()

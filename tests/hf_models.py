@@ -16,13 +16,34 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 
 from qwenvl_min import Config, QwenVL
 
-HF_MODEL = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration}
-HF_CONFIG = {"qwen2_vl": Qwen2VLConfig, "qwen2_5_vl": Qwen2_5_VLConfig}
-PRESET = {"qwen2_vl": "tiny-qwen2-vl", "qwen2_5_vl": "tiny-qwen2.5-vl"}
+HF_MODEL = {
+    "qwen2_vl": Qwen2VLForConditionalGeneration,
+    "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+    "qwen3_vl": Qwen3VLForConditionalGeneration,
+    "qwen3_vl_moe": Qwen3VLMoeForConditionalGeneration,
+}
+HF_CONFIG = {
+    "qwen2_vl": Qwen2VLConfig,
+    "qwen2_5_vl": Qwen2_5_VLConfig,
+    "qwen3_vl": Qwen3VLConfig,
+    "qwen3_vl_moe": Qwen3VLMoeConfig,
+}
+PRESET = {
+    "qwen2_vl": "tiny-qwen2-vl",
+    "qwen2_5_vl": "tiny-qwen2.5-vl",
+    "qwen3_vl": "tiny-qwen3-vl",
+    "qwen3_vl_moe": "tiny-qwen3-vl-moe",
+}
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
+TIMESTAMP_TOKENS = 3  # stand-in length of the `<t.t seconds>` text before each Qwen3-VL video frame
 WEIGHT_STD = 0.2  # large enough that every layer visibly changes the residual stream
 
 
@@ -126,7 +147,11 @@ def make_prompt(
 ) -> Prompt:
     """Build a batch from row layouts. A row is a list of items: an int n (n random text tokens),
     ("image", (t, h, w)) or ("video", (t, h, w)) (wrapped in <vs> ... <ve>), or ("pad", n) (n left-padding
-    slots, attention_mask 0). Grids are consumed in order of appearance across the flattened batch."""
+    slots, attention_mask 0). Grids are consumed in order of appearance across the flattened batch.
+
+    Qwen3-VL videos are laid out as transformers 5.24's processor writes them: inside the template's
+    <vs> ... <ve>, every temporal patch is `<t.t seconds>` (TIMESTAMP_TOKENS random text tokens here),
+    <vs>, its pad tokens, <ve>."""
     gen = torch.Generator().manual_seed(seed)
     text_high = min(
         cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id
@@ -143,6 +168,24 @@ def make_prompt(
                 ids += [0] * item[1]
                 types += [0] * item[1]
                 mask += [0] * item[1]
+            elif item[0] == "video" and cfg.model_type in QWEN3:
+                t, h, w = item[1]
+                videos.append(list(item[1]))
+                n = merged_tokens(cfg, (1, h, w))
+                ids.append(cfg.vision_start_token_id)
+                types.append(0)
+                for _ in range(t):
+                    stamp = torch.randint(0, text_high, (TIMESTAMP_TOKENS,), generator=gen).tolist()
+                    ids += (
+                        stamp
+                        + [cfg.vision_start_token_id]
+                        + [cfg.video_token_id] * n
+                        + [cfg.vision_end_token_id]
+                    )
+                    types += [0] * (TIMESTAMP_TOKENS + 1) + [2] * n + [0]
+                ids.append(cfg.vision_end_token_id)
+                types.append(0)
+                mask += [1] * (len(ids) - len(mask))
             else:
                 kind, grid = item
                 n = merged_tokens(cfg, grid)

@@ -132,7 +132,7 @@ def convert_checkpoint(
         source["layout"] = _hf_naming(weights)
 
         def produce(item: _Item) -> Tensor:
-            tensor = hf_tensor_to_ours(item.out_key, _read(item))
+            tensor = hf_tensor_to_ours(config, item.out_key, _read(item))
             return cast_checked(tensor, item.dtype, item.src_key, item.src_file)
 
         manifest = {"layout": FORMAT, "source": source, "dropped_source_keys": dropped}
@@ -164,7 +164,8 @@ def export_to_hf(
         for key in expected_shapes(config):
             path, info = weights[key]
             shape = tuple(our_tensor_to_hf(config, key, _meta(info)).shape)
-            items.append(_Item(our_key_to_hf(key), key, path, _target_dtype(info, out_dtype), shape))
+            hf_key = our_key_to_hf(key, config.model_type)
+            items.append(_Item(hf_key, key, path, _target_dtype(info, out_dtype), shape))
         check_loadable({item.out_key: item.dtype for item in items}, src_dir)
         companions = read_companions(src_dir)
 
@@ -256,7 +257,7 @@ def _plan_hf_to_ours(
     items = []
     for key, hf_key in plan.sources.items():
         path, info = weights[hf_key]
-        shape = tuple(hf_tensor_to_ours(key, _meta(info)).shape)
+        shape = tuple(hf_tensor_to_ours(config, key, _meta(info)).shape)
         items.append(_Item(key, hf_key, path, _target_dtype(info, out_dtype), shape))
     if plan.tied_lm_head is not None:
         lm_path, lm_info = weights[plan.tied_lm_head]

@@ -1,16 +1,23 @@
-"""Two-way mapping between Hugging Face Qwen2-VL / Qwen2.5-VL state dicts and ours.
+"""Two-way mapping between Hugging Face Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE state dicts and ours.
 
 Pure functions on names and tensors, used by `QwenVL.from_hf` and by the file converter, so a model built
 in memory and a converted checkpoint always agree.
 
-HF keys come in two namings: published checkpoints use `visual.*`, `model.*`, `lm_head.*`;
-transformers 5 in memory uses `model.visual.*`, `model.language_model.*`, `lm_head.*`. Both are first
-brought to the published ("canonical") form, then renamed by `KEY_TABLE` (the one key table; export
-inverts it). Our own keys and shapes are the model's: `expected_shapes` builds it on the meta device.
+HF keys come in two namings: the published Qwen2-VL / Qwen2.5-VL checkpoints use `visual.*`, `model.*`,
+`lm_head.*`; transformers 5 in memory (and the published Qwen3-VL checkpoints) use `model.visual.*`,
+`model.language_model.*`, `lm_head.*`. Both are first brought to one ("canonical") form, `visual.*` /
+`model.*`, then renamed by `KEY_TABLE` (the one key table; export inverts it and writes each family's
+published naming). Rows name the families they belong to where the HF spellings differ (Qwen3-VL's
+`linear_fc1` is our `fc1`, as Qwen2-VL's `fc1` and Qwen2.5-VL's merger `mlp.0` are). Our own keys and
+shapes are the model's: `expected_shapes` builds it on the meta device.
 
 Dropped on purpose: rotary `inv_freq` / `original_inv_freq` buffers (recomputed from the config), and a
-tied `lm_head.weight` (it must then equal the embeddings). The patch-embedding Conv3d has kernel = stride
-and no bias, so it is exactly a Linear on the flattened (C, T, P, P) patch; the reshape is bit-exact.
+tied `lm_head.weight` (it must then equal the embeddings). The patch-embedding Conv3d has kernel = stride,
+so it is exactly a Linear on the flattened (C, T, P, P) patch; the reshape is bit-exact. Qwen3-VL-MoE's
+fused experts: the published files store `gate_up_proj` (n, E, 2I) and `down_proj` (n, I, E), the
+transpose of transformers' in-memory (and our) (n, 2I, E) / (n, E, I); a stored tensor whose shape is the
+transpose of ours is transposed on load (transformers 5.24's rule, which cannot tell the two apart when
+E == 2I or E == I), and export writes the in-memory layout that transformers' own save_pretrained writes.
 """
 
 from __future__ import annotations
@@ -23,29 +30,45 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from ..model.config import Config
+from ..model.config import FAMILIES, QWEN3, Config
 from ..model.qwenvl import QwenVL
 
-# THE key table: (published HF template, our template); None = dropped on purpose. Placeholders: {i} a
-# layer index, {p} weight|bias, {leaf} the rest of a key that both sides spell alike. Export inverts it.
-KEY_TABLE: tuple[tuple[str, str | None], ...] = (
-    ("visual.patch_embed.proj.weight", "visual.patch_embed.weight"),
-    ("visual.blocks.{i}.{leaf}", "visual.blocks.{i}.{leaf}"),
-    ("visual.merger.ln_q.{p}", "visual.merger.norm.{p}"),
-    ("visual.merger.mlp.0.{p}", "visual.merger.fc1.{p}"),
-    ("visual.merger.mlp.2.{p}", "visual.merger.fc2.{p}"),
-    ("model.embed_tokens.weight", "text.embed_tokens.weight"),
-    ("model.layers.{i}.self_attn.{leaf}", "text.layers.{i}.attn.{leaf}"),
-    ("model.layers.{i}.input_layernorm.weight", "text.layers.{i}.attn_norm.weight"),
-    ("model.layers.{i}.post_attention_layernorm.weight", "text.layers.{i}.mlp_norm.weight"),
-    ("model.layers.{i}.mlp.{leaf}", "text.layers.{i}.mlp.{leaf}"),
-    ("model.norm.weight", "text.norm.weight"),
-    ("lm_head.weight", "lm_head.weight"),
-    ("{leaf}.inv_freq", None),  # rotary buffers: recomputed from the config
-    ("{leaf}.original_inv_freq", None),
+QWEN2 = ("qwen2_vl", "qwen2_5_vl")
+MOE = ("qwen3_vl_moe",)
+
+# THE key table: (canonical HF template, our template, the families whose checkpoints spell it so);
+# None = dropped on purpose. Placeholders: {i} a layer / level index, {p} weight|bias, {leaf} the rest of
+# a key that both sides spell alike. The first matching row wins; export inverts the family's rows.
+KEY_TABLE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
+    ("visual.patch_embed.proj.weight", "visual.patch_embed.weight", FAMILIES),
+    ("visual.patch_embed.proj.bias", "visual.patch_embed.bias", QWEN3),
+    ("visual.pos_embed.weight", "visual.pos_embed.weight", QWEN3),
+    ("visual.blocks.{i}.mlp.linear_fc1.{p}", "visual.blocks.{i}.mlp.fc1.{p}", QWEN3),
+    ("visual.blocks.{i}.mlp.linear_fc2.{p}", "visual.blocks.{i}.mlp.fc2.{p}", QWEN3),
+    ("visual.blocks.{i}.{leaf}", "visual.blocks.{i}.{leaf}", FAMILIES),
+    ("visual.merger.ln_q.{p}", "visual.merger.norm.{p}", QWEN2),
+    ("visual.merger.mlp.0.{p}", "visual.merger.fc1.{p}", QWEN2),
+    ("visual.merger.mlp.2.{p}", "visual.merger.fc2.{p}", QWEN2),
+    ("visual.merger.norm.{p}", "visual.merger.norm.{p}", QWEN3),
+    ("visual.merger.linear_fc1.{p}", "visual.merger.fc1.{p}", QWEN3),
+    ("visual.merger.linear_fc2.{p}", "visual.merger.fc2.{p}", QWEN3),
+    ("visual.deepstack_merger_list.{i}.norm.{p}", "visual.deepstack_mergers.{i}.norm.{p}", QWEN3),
+    ("visual.deepstack_merger_list.{i}.linear_fc1.{p}", "visual.deepstack_mergers.{i}.fc1.{p}", QWEN3),
+    ("visual.deepstack_merger_list.{i}.linear_fc2.{p}", "visual.deepstack_mergers.{i}.fc2.{p}", QWEN3),
+    ("model.embed_tokens.weight", "text.embed_tokens.weight", FAMILIES),
+    ("model.layers.{i}.self_attn.{leaf}", "text.layers.{i}.attn.{leaf}", FAMILIES),
+    ("model.layers.{i}.input_layernorm.weight", "text.layers.{i}.attn_norm.weight", FAMILIES),
+    ("model.layers.{i}.post_attention_layernorm.weight", "text.layers.{i}.mlp_norm.weight", FAMILIES),
+    ("model.layers.{i}.mlp.gate.weight", "text.layers.{i}.mlp.router.weight", MOE),
+    ("model.layers.{i}.mlp.{leaf}", "text.layers.{i}.mlp.{leaf}", FAMILIES),
+    ("model.norm.weight", "text.norm.weight", FAMILIES),
+    ("lm_head.weight", "lm_head.weight", FAMILIES),
+    ("{leaf}.inv_freq", None, FAMILIES),  # rotary buffers: recomputed from the config
+    ("{leaf}.original_inv_freq", None, FAMILIES),
 )
 _PLACEHOLDER = {"i": r"(?P<i>\d+)", "p": r"(?P<p>weight|bias)", "leaf": r"(?P<leaf>[\w.]+?)"}
 PATCH_EMBED_KEY = "visual.patch_embed.weight"
+EXPERT_KEYS = re.compile(r"^text\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -54,12 +77,16 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
-_TO_OURS = [(_compile(hf), ours) for hf, ours in KEY_TABLE]
-_TO_HF = [(_compile(ours), hf) for hf, ours in KEY_TABLE if ours is not None]
+_TO_OURS = [(_compile(hf), ours, families) for hf, ours, families in KEY_TABLE]
+_TO_HF = [(_compile(ours), hf, families) for hf, ours, families in KEY_TABLE if ours is not None]
 
 
-def _translate(key: str, rules: list[tuple[re.Pattern[str], str | None]]) -> tuple[bool, str | None]:
-    for pattern, template in rules:
+def _translate(
+    key: str, rules: list[tuple[re.Pattern[str], str | None, tuple[str, ...]]], family: str | None
+) -> tuple[bool, str | None]:
+    for pattern, template, families in rules:
+        if family is not None and family not in families:
+            continue
         match = pattern.match(key)
         if match:
             return True, None if template is None else template.format(**match.groupdict())
@@ -72,7 +99,7 @@ class MappingError(ValueError):
 
 def canonical_hf_key(key: str) -> str:
     """Bring a transformers-5 in-memory key (`model.visual.*`, `model.language_model.*`) to the
-    published naming (`visual.*`, `model.*`); published keys pass through unchanged."""
+    canonical naming (`visual.*`, `model.*`); keys already in it pass through unchanged."""
     if key.startswith("model.visual."):
         return key[len("model.") :]
     if key.startswith("model.language_model."):
@@ -80,28 +107,55 @@ def canonical_hf_key(key: str) -> str:
     return key
 
 
-def hf_key_to_ours(key: str) -> str | None:
-    """Our key for an HF key in either naming; None for keys dropped on purpose; MappingError if unknown."""
+def published_hf_key(model_type: str, key: str) -> str:
+    """A canonical key in the naming the family's published checkpoints use: Qwen3-VL's files keep
+    transformers' in-memory naming (`model.visual.*`, `model.language_model.*`), the Qwen2 families' the
+    canonical one."""
+    if model_type not in QWEN3:
+        return key
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith("model."):
+        return "model.language_model." + key[len("model.") :]
+    return key
+
+
+def hf_key_to_ours(key: str, model_type: str | None = None) -> str | None:
+    """Our key for an HF key in either naming; None for keys dropped on purpose; MappingError if unknown.
+
+    With `model_type`, only that family's spellings are accepted (what loading does); None accepts any."""
     key = canonical_hf_key(key)
-    found, ours = _translate(key, _TO_OURS)
+    found, ours = _translate(key, _TO_OURS, model_type)
     if not found:
         raise MappingError(
-            f"unknown Hugging Face key {key!r}: not part of a Qwen2-VL / Qwen2.5-VL checkpoint"
+            f"unknown Hugging Face key {key!r}: not part of a {_family_names(model_type)} checkpoint"
         )
     return ours
 
 
-def our_key_to_hf(key: str) -> str:
-    """The published HF key for one of our keys."""
-    found, hf = _translate(key, _TO_HF)
+def _family_names(model_type: str | None) -> str:
+    if model_type is None:
+        return "Qwen2-VL / Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE"
+    return "Qwen3-VL / Qwen3-VL-MoE" if model_type in QWEN3 else "Qwen2-VL / Qwen2.5-VL"
+
+
+def our_key_to_hf(key: str, model_type: str) -> str:
+    """The HF key, in the family's published naming, for one of our keys."""
+    found, hf = _translate(key, _TO_HF, model_type)
     if not found or hf is None:
-        raise MappingError(f"unknown qwenvl-min key {key!r}")
-    return hf
+        raise MappingError(f"unknown qwenvl-min key {key!r} for {model_type}")
+    return published_hf_key(model_type, hf)
 
 
-def hf_tensor_to_ours(our_key: str, tensor: Tensor) -> Tensor:
+def hf_tensor_to_ours(config: Config, our_key: str, tensor: Tensor) -> Tensor:
+    """A stored HF tensor as our parameter `our_key` holds it (a view where nothing moves)."""
     if our_key == PATCH_EMBED_KEY:
         return tensor.reshape(tensor.shape[0], -1)  # (D, C, T, P, P) -> (D, C*T*P*P)
+    if EXPERT_KEYS.match(our_key):
+        expected = expected_shapes(config).get(our_key)
+        if expected is not None and tuple(tensor.shape) != expected:
+            if tuple(tensor.transpose(1, 2).shape) == expected:  # the published layout
+                return tensor.transpose(1, 2).contiguous()
     return tensor
 
 
@@ -144,7 +198,7 @@ def check_shapes(config: Config, shapes: Mapping[str, tuple[int, ...]], what: st
     problems = []
     if missing:
         named = [
-            f"{key} ({our_key_to_hf(key)})" for key in missing
+            f"{key} ({our_key_to_hf(key, config.model_type)})" for key in missing
         ]  # the HF name is what a user can look for
         problems.append(f"missing keys {_preview(named)}")
     if unexpected:
@@ -179,7 +233,7 @@ def plan_hf_to_ours(
     dropped, unknown, tied = [], [], None
     for hf_key in hf_shapes:
         try:
-            key = hf_key_to_ours(hf_key)
+            key = hf_key_to_ours(hf_key, config.model_type)
         except MappingError:
             key = ""
         if key is None:
@@ -195,15 +249,16 @@ def plan_hf_to_ours(
             sources[key] = hf_key
     if unknown:
         raise MappingError(
-            "not part of a Qwen2-VL / Qwen2.5-VL checkpoint with this config: unknown Hugging Face keys "
+            f"not part of a {_family_names(config.model_type)} checkpoint with this config: unknown Hugging Face keys "
             f"{_preview(sorted(unknown))}"
         )
-    check_shapes(config, {key: _our_shape(key, hf_shapes[hf_key]) for key, hf_key in sources.items()}, what)
+    shapes = {key: _our_shape(config, key, hf_shapes[hf_key]) for key, hf_key in sources.items()}
+    check_shapes(config, shapes, what)
     return WeightPlan({key: sources[key] for key in expected}, sorted(dropped), tied)
 
 
-def _our_shape(our_key: str, hf_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(hf_tensor_to_ours(our_key, torch.empty(hf_shape, device="meta")).shape)
+def _our_shape(config: Config, our_key: str, hf_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(hf_tensor_to_ours(config, our_key, torch.empty(hf_shape, device="meta")).shape)
 
 
 def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -213,10 +268,10 @@ def hf_state_dict_to_ours(config: Config, hf_state: Mapping[str, Tensor]) -> dic
         embed = hf_state[plan.sources["text.embed_tokens.weight"]]
         if not torch.equal(hf_state[plan.tied_lm_head], embed):
             raise MappingError("config ties lm_head to the embeddings but lm_head.weight differs from them")
-    return {key: hf_tensor_to_ours(key, hf_state[hf_key]) for key, hf_key in plan.sources.items()}
+    return {key: hf_tensor_to_ours(config, key, hf_state[hf_key]) for key, hf_key in plan.sources.items()}
 
 
 def our_state_dict_to_hf(config: Config, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Our state dict in the published HF naming (what `save_pretrained` writes; tied lm_head omitted)."""
+    """Our state dict in the family's published HF naming (tied lm_head omitted)."""
     check_state_dict(config, state)
-    return {our_key_to_hf(k): our_tensor_to_hf(config, k, t) for k, t in state.items()}
+    return {our_key_to_hf(k, config.model_type): our_tensor_to_hf(config, k, t) for k, t in state.items()}

@@ -163,7 +163,7 @@ def _from_hf_directory(
     state: dict[str, Tensor] = {}
     for key, hf_key in plan.sources.items():
         path, info = weights[hf_key]
-        source = hf_tensor_to_ours(key, maps.view(path, info))
+        source = hf_tensor_to_ours(config, key, maps.view(path, info))
         tensor = source.to(target_device)  # to the device first: a cast on a GPU needs no host copy
         if requested is not None and tensor.is_floating_point() and tensor.dtype != requested:
             tensor = tensor.to(requested)

@@ -70,6 +70,33 @@ def patch_coordinates(grid_thw: Tensor, merge: int) -> Tensor:
     return torch.cat(coords)
 
 
+def learned_grid_taps(grid_thw: Tensor, side: int, merge: int) -> tuple[Tensor, Tensor]:
+    """Where every pixel_values row reads a learned side x side position grid (Qwen3-VL's `pos_embed`):
+    the 4 table rows (N, 4) int64 and their bilinear weights (N, 4) fp32, in row order.
+
+    The grid is resampled to each item's (h, w) patches as `F.interpolate(mode="bilinear",
+    align_corners=True)` would: patch row r reads source row s = r (side - 1) / max(h - 1, 1) between
+    floor(s) and floor(s) + 1 (clamped to the grid) with weights 1 - |s - floor(s) - o| for o = 0, 1, and
+    columns likewise; a row's 4 taps are the outer product, table row = grid_row * side + grid_col. Every
+    step is the fp32 arithmetic transformers 5.24 uses (`vision_utils`), so the weights are bit-identical;
+    every temporal patch of an item reads the same taps.
+    """
+    coords = patch_coordinates(grid_thw, merge)  # (N, 2) row, col
+    counts = grid_thw.prod(dim=1)
+    sizes = torch.repeat_interleave(grid_thw[:, 1:], counts, dim=0)  # (N, 2) h, w of each row's item
+    offsets = torch.arange(2)  # floor, floor + 1
+    taps, weights = [], []
+    for axis in (0, 1):
+        source = coords[:, axis].to(torch.float32) * (side - 1) / torch.clamp(sizes[:, axis] - 1, min=1)
+        floor = torch.floor(source)
+        taps.append((floor.long()[:, None] + offsets).clamp(0, side - 1))  # (N, 2)
+        distance = (source[:, None] - floor[:, None] - offsets).abs()
+        weights.append((1 - distance).clamp(min=0))  # (N, 2) fp32
+    index = (taps[0][:, :, None] * side + taps[1][:, None, :]).reshape(-1, 4)  # (N, 2, 2) -> (N, 4)
+    weight = (weights[0][:, :, None] * weights[1][:, None, :]).reshape(-1, 4)
+    return index, weight
+
+
 def merged_coordinates(t: int, h_merged: int, w_merged: int) -> Tensor:
     """(M, 3) int64 (frame, row, col) of every merged token of one item, in feature order (`t by bx`)."""
     grid = torch.meshgrid(torch.arange(t), torch.arange(h_merged), torch.arange(w_merged), indexing="ij")

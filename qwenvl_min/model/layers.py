@@ -54,6 +54,19 @@ class QuickGeluMLP(nn.Module):
         return self.fc2(quick_gelu(self.fc1(x)))
 
 
+class GeluTanhMLP(nn.Module):
+    """Qwen3-VL vision MLP: fc2(gelu_tanh(fc1(x))), D -> F -> D, with biases; gelu_tanh is GELU's tanh
+    approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (transformers' "gelu_pytorch_tanh")."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)); biased in the Qwen2.5-VL ViT, bias-free in the Qwen2 decoder."""
 

@@ -13,6 +13,11 @@ appearance across the flattened batch.
 transformers 5.24 diverges after a multi-frame video: it moves the cursor to s + max(H', W'), ignoring
 the temporal extent. We follow the trained rule (as transformers 4.x and the original Qwen code do).
 
+Qwen3-VL: every temporal patch of a video is its own vision block (the processor writes
+`<t.t seconds><|vision_start|>` pads `<|vision_end|>` for each), so a video grid (t, h, w) is read as t
+grids (1, h, w) consumed in order, and time is carried by the timestamp text, not by the positions (no
+`second_per_grid_ts`). With one frame per block the rule above is transformers 5.24's exactly.
+
 The per-row delta is (largest position + 1) - (number of valid tokens): the n-th generated token of a
 row (n = 0, 1, ...) takes position (valid prompt length + n + delta) on all three axes.
 """
@@ -23,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..utils.validate import check_seconds_per_grid
-from .config import Config
+from .config import QWEN3, Config
 from .geometry import merged_coordinates
 
 
@@ -52,6 +57,12 @@ def get_rope_index(
         raise ValueError(
             "second_per_grid_ts only applies to Qwen2.5-VL; Qwen2-VL videos step one position per frame"
         )
+    if config.model_type in QWEN3:
+        if second_per_grid_ts is not None:
+            raise ValueError(
+                "second_per_grid_ts only applies to Qwen2.5-VL; Qwen3-VL carries time in the timestamp text"
+            )
+        videos = [[1, h, w] for t, h, w in videos for _ in range(t)]  # one vision block per temporal patch
     if config.model_type == "qwen2_5_vl":
         if second_per_grid_ts is not None and torch.as_tensor(second_per_grid_ts).dim() != 1:
             raise ValueError(
@@ -98,7 +109,8 @@ def get_rope_index(
             k = used[kind]
             if k >= len(grids):
                 raise ValueError(
-                    f"row {b} has more {kind} pad-token blocks than the {len(grids)} {kind} grids given"
+                    f"row {b} has more {kind} pad-token blocks than the {len(grids)} {kind} "
+                    f"{'frames' if kind == 'video' and config.model_type in QWEN3 else 'grids'} given"
                 )
             t, h, w = grids[k]
             step = kind_steps[k] if kind_steps is not None else torch.tensor(1.0)
@@ -117,8 +129,13 @@ def get_rope_index(
         deltas[b, 0] = cursor - len(ids)
     for kind, grids in (("image", images), ("video", videos)):
         if used[kind] != len(grids):
+            unit = (
+                "temporal patches (one block each)"
+                if kind == "video" and config.model_type in QWEN3
+                else "grids"
+            )
             raise ValueError(
-                f"{len(grids)} {kind} grids were given but input_ids hold {used[kind]} {kind} blocks"
+                f"{len(grids)} {kind} {unit} were given but input_ids hold {used[kind]} {kind} blocks"
             )
     return positions.to(device), deltas.to(device)
 

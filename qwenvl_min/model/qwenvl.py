@@ -1,4 +1,4 @@
-"""The whole vision-language model: vision tower + Qwen2 decoder + lm_head.
+"""The whole vision-language model: vision tower + Qwen2 / Qwen3 decoder + lm_head.
 
 Shapes (letters as in docs/design.md, "Shape legend"): B, T, K, V, E, N, M.
 """
@@ -17,11 +17,13 @@ from torch import Tensor, nn
 from . import dispatch
 from .cache import Cache, KVCache
 from .config import Config
+from .deepstack import DeepStackFeatures
 from .outputs import ForwardOutput, causal_lm_loss
 from .positions import get_rope_index
 from .text import TextAttention, TextModel, TiedLMHead
 from .vision import VisionAttention, VisionTower, check_vision_inputs, vision_layout
 from .vision_inputs import VisionInputs, check_mm_token_type_ids, one_vision_value
+from .vision_qwen3 import Qwen3VisionTower, VisionFeatures
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,13 @@ class Prepared:
     positions: Tensor  # (3, B, T)
     rope_deltas: Tensor | None  # (B, 1) when derived from the prompt; None when positions were given
     key_valid: Tensor | None  # (B, K) over past + new tokens, None when nothing is masked
+    deepstack: DeepStackFeatures | None = None  # Qwen3-VL with vision inputs: what decoder layers add
 
 
 class QwenVL(nn.Module):
-    """Vision tower (`visual`) + Qwen2 decoder (`text`) + `lm_head` (a `TiedLMHead` on the embeddings when
-    the config ties them).
+    """Vision tower (`visual`) + decoder (`text`) + `lm_head` (a `TiedLMHead` on the embeddings when the
+    config ties them). Qwen3-VL models have the Qwen3 tower (`vision_qwen3`, with DeepStack mergers), the
+    Qwen3 decoder (and MoE MLPs for Qwen3-VL-MoE) and DeepStack injections in the first decoder layers.
 
     `kernels` chooses the attention / rotary functions of every block: "torch", "triton" or "auto"
     (kernels on CUDA, torch elsewhere); None reads QWENVL_MIN_KERNELS (see `qwenvl_min.model.dispatch`).
@@ -46,8 +50,11 @@ class QwenVL(nn.Module):
         super().__init__()
         self.config = config
         kernels = dispatch.resolve_kernels(kernels)
-        self.visual = VisionTower(config.vision, kernels)
-        self.text = TextModel(config.text, kernels)
+        if config.vision.family == "qwen3_vl":
+            self.visual: nn.Module = Qwen3VisionTower(config.vision, kernels)
+        else:
+            self.visual = VisionTower(config.vision, kernels)
+        self.text = TextModel(config.text, kernels, deepstack_layers=len(config.vision.deepstack_indexes))
         text = config.text
         self.lm_head: nn.Module = (
             TiedLMHead(self.text.embed_tokens)
@@ -160,7 +167,9 @@ class QwenVL(nn.Module):
             cache=cache,
             positions=positions,
         )
-        hidden = self.text(prepared.embeds, prepared.positions, prepared.key_valid, cache)  # (B, T, E)
+        hidden = self.text(
+            prepared.embeds, prepared.positions, prepared.key_valid, cache, prepared.deepstack
+        )  # (B, T, E)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
@@ -178,7 +187,7 @@ class QwenVL(nn.Module):
         positions: Tensor | None = None,
     ) -> Prepared:
         """The data-dependent part of `forward`, before the decoder: checks, token embeddings with the
-        vision features inserted, positions.
+        vision features inserted, positions (and, for Qwen3-VL, the DeepStack features and their slots).
 
         It reads device values back (checks, vision layout, positions), so it stays eager; what follows
         (`text`, `lm_head`) has no host sync and compiles (`qwenvl_min.generate.compiled`)."""
@@ -188,7 +197,7 @@ class QwenVL(nn.Module):
         if mm_token_type_ids is not None:
             check_mm_token_type_ids(cfg, input_ids, mm_token_type_ids)
         seconds = vision.for_positions(cfg)
-        embeds = self._insert_vision(input_ids, self.text.embed_tokens(input_ids), vision)  # (B, T, E)
+        embeds, deepstack = self._insert_vision(input_ids, self.text.embed_tokens(input_ids), vision)
         deltas = None
         if positions is None:
             if past:
@@ -200,7 +209,7 @@ class QwenVL(nn.Module):
                 cfg, input_ids, vision.image_grid_thw, vision.video_grid_thw, seconds, new_mask
             )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-        return Prepared(embeds, positions, deltas, key_valid)
+        return Prepared(embeds, positions, deltas, key_valid, deepstack)
 
     def _check_token_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, past: int) -> None:
         if (
@@ -230,8 +239,11 @@ class QwenVL(nn.Module):
                     f"got {tuple(attention_mask.shape)}"
                 )
 
-    def _insert_vision(self, input_ids: Tensor, embeds: Tensor, vision: VisionInputs) -> Tensor:
-        """Run the tower once over images then videos and write the merged features over the pad tokens."""
+    def _insert_vision(
+        self, input_ids: Tensor, embeds: Tensor, vision: VisionInputs
+    ) -> tuple[Tensor, DeepStackFeatures | None]:
+        """Run the tower once over images then videos and write the merged features over the pad tokens;
+        embeds (B, T, E) with them, and the DeepStack levels at the same slots (Qwen3-VL; else None)."""
         cfg = self.config
         parts = []
         for kind, pixels, grid, token in vision.kinds(cfg):
@@ -254,12 +266,14 @@ class QwenVL(nn.Module):
                 )
             parts.append((pixels, grid, slots))
         if not parts:
-            return embeds
+            return embeds, None
         pixels = torch.cat([p for p, _, _ in parts])
         grids = torch.cat([g for _, g, _ in parts])
         layout = vision_layout(cfg.vision, grids, pixels.device)
-        features = self.visual(pixels, grids, layout=layout).to(embeds.dtype)  # (M_images + M_videos, E)
+        out = self.visual(pixels, grids, layout=layout)  # (M_images + M_videos, E), or VisionFeatures
+        features, levels = (out.merged, out.deepstack) if isinstance(out, VisionFeatures) else (out, ())
         # images' pad tokens first, then the videos', each row-major over the flattened batch
         slots = torch.cat([s.reshape(-1).nonzero().squeeze(1) for _, _, s in parts])
-        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features)  # (B*T, E)
-        return flat.view(embeds.shape)
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features.to(embeds.dtype))
+        deepstack = DeepStackFeatures(slots, levels) if levels else None
+        return flat.view(embeds.shape), deepstack

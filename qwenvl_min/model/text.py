@@ -1,4 +1,10 @@
-"""Qwen2 decoder with M-RoPE: embeddings, pre-norm layers (GQA attention, SwiGLU MLP), final RMSNorm.
+"""Qwen2 / Qwen3 decoder with M-RoPE: embeddings, pre-norm layers (GQA attention, SwiGLU or sparse MoE
+MLP), final RMSNorm.
+
+The Qwen3 decoder (Qwen3-VL) differs by config switches: no q/k/v biases, an explicit head dim, and an
+RMSNorm over each head of q and k before the rotary (`TextConfig.qk_norm`); Qwen3-VL-MoE layers listed in
+`moe.sparse_layers` have a `moe.SparseMoE` MLP; the first layers of a Qwen3-VL model end with a
+`deepstack.DeepStackInjection`.
 
 Shapes (letters as in docs/design.md, "Shape legend"): B, T (new tokens), K (past + new), E, H, G, Dh, R.
 """
@@ -13,7 +19,9 @@ from . import dispatch
 from .attention import TextAttend, causal_attention
 from .cache import Cache, attention_mask_4d
 from .config import TextConfig
+from .deepstack import DeepStackFeatures, DeepStackInjection
 from .layers import RMSNorm, SwiGLU
+from .moe import SparseMoE
 from .rope import mrope_table
 
 
@@ -51,7 +59,7 @@ class TiedLMHead(nn.Module):
 
 
 class TextAttention(nn.Module):
-    """q/k/v projections -> M-RoPE -> KV cache -> `attend` -> o_proj.
+    """q/k/v projections (-> per-head q/k RMSNorm, Qwen3) -> M-RoPE -> KV cache -> `attend` -> o_proj.
 
     `attend(q, k, v, mask, scale)` (contract in `qwenvl_min.model.attention`) is a plain attribute: assign
     another function to change this layer's attention; parameters and keys are unaffected.
@@ -67,10 +75,14 @@ class TextAttention(nn.Module):
             config.head_dim,
         )
         self.layer_index = layer_index  # which KVCache slot this layer writes
-        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim)
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        # Qwen3: one RMSNorm (weight of size Dh) shared by every head of q, another for k
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.set_kernels(kernels)
 
     def cached_kv_heads(self) -> int:
@@ -94,6 +106,8 @@ class TextAttention(nn.Module):
         q = self.q_proj(x).view(b, t, -1, self.head_dim)  # (B, T, H, Dh)
         k = self.k_proj(x).view(b, t, -1, self.head_dim)  # (B, T, G, Dh)
         v = self.v_proj(x).view(b, t, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(q, k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, G, Dh)
@@ -103,27 +117,52 @@ class TextAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: TextConfig, index: int, kernels: str = "auto") -> None:
+    """Pre-norm attention and MLP with residuals; a layer that receives DeepStack features (Qwen3-VL's
+    first `deepstack_layers`) ends with `deepstack`, which adds them at the visual tokens."""
+
+    def __init__(
+        self, config: TextConfig, index: int, kernels: str = "auto", deepstack: bool = False
+    ) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn = TextAttention(config, index, kernels)
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
+        if config.is_sparse(index):
+            self.mlp: nn.Module = SparseMoE(config)
+        else:
+            self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, bias=False)
+        self.deepstack = DeepStackInjection() if deepstack else None
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: Cache | None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: Cache | None,
+        deepstack: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """`deepstack`: (slots, features) to add after the MLP (see `deepstack.DeepStackFeatures.level`)."""
         x = x + self.attn(self.attn_norm(x), rope, mask, cache)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.mlp(self.mlp_norm(x))
+        if self.deepstack is not None:
+            x = self.deepstack(x, deepstack)
+        elif deepstack is not None:
+            raise ValueError("this decoder layer takes no DeepStack features (the model has fewer levels)")
+        return x
 
 
 class TextModel(nn.Module):
-    def __init__(self, config: TextConfig, kernels: str | None = None) -> None:
+    """Embeddings, decoder layers, final norm. `deepstack_layers`: how many first layers take DeepStack
+    features (Qwen3-VL: one per DeepStack level of the tower; 0 for Qwen2-VL / Qwen2.5-VL)."""
+
+    def __init__(self, config: TextConfig, kernels: str | None = None, deepstack_layers: int = 0) -> None:
         super().__init__()
         self.config = config
         kernels = dispatch.resolve_kernels(kernels)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, kernels) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, kernels, deepstack=i < deepstack_layers) for i in range(config.num_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -132,10 +171,12 @@ class TextModel(nn.Module):
         positions: Tensor,
         key_valid: Tensor | None = None,
         cache: Cache | None = None,
+        deepstack: DeepStackFeatures | None = None,
     ) -> Tensor:
         """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E).
 
-        With a `SlotWrite` (`KVCache.at`) K is the cache's capacity C and key_valid covers all C slots."""
+        With a `SlotWrite` (`KVCache.at`) K is the cache's capacity C and key_valid covers all C slots.
+        `deepstack`: the DeepStack levels of a Qwen3-VL prefill (level k goes to layer k)."""
         t = embeds.shape[1]
         rope = mrope_table(positions, self.config, embeds.dtype)  # cos, sin (B, T, R)
         if cache is None:
@@ -143,6 +184,6 @@ class TextModel(nn.Module):
         else:
             mask = cache.attention_mask(key_valid, t, embeds.device)
         x = embeds
-        for layer in self.layers:
-            x = layer(x, rope, mask, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, cache, None if deepstack is None else deepstack.level(i))
         return self.norm(x)

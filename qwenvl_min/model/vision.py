@@ -1,5 +1,9 @@
 """Vision tower of Qwen2-VL and Qwen2.5-VL: patch embedding, ViT blocks with 2D rotary, 2x2 patch merger.
 
+The blocks, the attention and the merger are shared with the Qwen3-VL tower (`vision_qwen3`), which adds
+learned positions and the DeepStack mergers around them; each family's choice of norm and MLP is one
+branch in `VisionBlock` / `PatchMerger`.
+
 Shapes (letters as in docs/design.md, "Shape legend"): N, D, H, Dh, R, M, E.
 
 Every module here takes and returns rows in pixel_values row order (`qwenvl_min.model.geometry`), so a
@@ -23,8 +27,8 @@ from torch import Tensor, nn
 from ..utils.validate import check_finite
 from . import dispatch
 from .config import VisionConfig
-from .geometry import frame_lengths, window_row_order
-from .layers import QuickGeluMLP, RMSNorm, SwiGLU
+from .geometry import frame_lengths, learned_grid_taps, window_row_order
+from .layers import GeluTanhMLP, QuickGeluMLP, RMSNorm, SwiGLU
 from .rope import vision_rotary_table
 from .segments import Segments
 
@@ -39,6 +43,9 @@ class VisionLayout:
     windows: Segments | None  # Qwen2.5-VL windows; None for Qwen2-VL
     window_cos: Tensor | None  # (N, R) fp32 in the windows' packed order
     window_sin: Tensor | None
+    # Qwen3-VL: the learned position grid's 4 taps per row, (N, 4) int64 and (N, 4) fp32 bilinear weights
+    position_taps: Tensor | None = None
+    position_weights: Tensor | None = None
 
     def for_block(self, full_attention: bool) -> tuple[Segments, Tensor, Tensor]:
         """The segments and rotary tables (in those segments' packed order) of one attention module."""
@@ -99,6 +106,11 @@ def vision_layout(config: VisionConfig, grid_thw: Tensor, device: torch.device) 
     grid_thw = grid_thw.cpu()
     cos, sin = vision_rotary_table(grid_thw, config.head_dim, config.rope_theta, config.merge_size)
     frames = Segments.from_lengths(frame_lengths(grid_thw), device)
+    if config.family == "qwen3_vl":
+        taps, weights = learned_grid_taps(grid_thw, config.position_grid_side, config.merge_size)
+        return VisionLayout(
+            cos.to(device), sin.to(device), frames, None, None, None, taps.to(device), weights.to(device)
+        )
     if config.family != "qwen2_5_vl":
         return VisionLayout(cos.to(device), sin.to(device), frames, None, None, None)
     order, sizes = window_row_order(grid_thw, config.window_merged, config.merge_size)
@@ -151,6 +163,10 @@ class VisionBlock(nn.Module):
             self.norm1 = nn.LayerNorm(config.width, eps=config.norm_eps)
             self.norm2 = nn.LayerNorm(config.width, eps=config.norm_eps)
             self.mlp: nn.Module = QuickGeluMLP(config.width, config.mlp_hidden)
+        elif config.family == "qwen3_vl":
+            self.norm1 = nn.LayerNorm(config.width, eps=config.norm_eps)
+            self.norm2 = nn.LayerNorm(config.width, eps=config.norm_eps)
+            self.mlp = GeluTanhMLP(config.width, config.mlp_hidden)
         else:
             self.norm1 = RMSNorm(config.width, config.norm_eps)
             self.norm2 = RMSNorm(config.width, config.norm_eps)
@@ -163,22 +179,29 @@ class VisionBlock(nn.Module):
 
 
 class PatchMerger(nn.Module):
-    """norm -> concatenate each 2x2 merge block's 4 rows -> Linear(4D, 4D) -> GELU(erf) -> Linear(4D, E)."""
+    """norm -> concatenate each 2x2 merge block's 4 rows -> Linear(4D, 4D) -> GELU(erf) -> Linear(4D, E).
 
-    def __init__(self, config: VisionConfig) -> None:
+    `after_concat` (Qwen3-VL's DeepStack mergers) normalizes the concatenated 4D row instead of each D
+    row (LayerNorm over 4D)."""
+
+    def __init__(self, config: VisionConfig, after_concat: bool = False) -> None:
         super().__init__()
         merged = config.width * config.merge_size**2
-        if config.family == "qwen2_vl":
-            self.norm: nn.Module = nn.LayerNorm(config.width, eps=config.norm_eps)
+        if config.family == "qwen2_5_vl":
+            self.norm: nn.Module = RMSNorm(config.width, config.norm_eps)
         else:
-            self.norm = RMSNorm(config.width, config.norm_eps)
+            self.norm = nn.LayerNorm(merged if after_concat else config.width, eps=config.norm_eps)
         self.fc1 = nn.Linear(merged, merged)
         self.fc2 = nn.Linear(merged, config.out_width)
         self.merged = merged
+        self.after_concat = after_concat
 
     def forward(self, x: Tensor) -> Tensor:
         # (N, D) -> (M, 4D): a merged token's rows are consecutive, (0,0),(0,1),(1,0),(1,1)
-        x = self.norm(x).view(-1, self.merged)
+        if self.after_concat:
+            x = self.norm(x.view(-1, self.merged))
+        else:
+            x = self.norm(x).view(-1, self.merged)
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -206,7 +229,7 @@ class VisionTower(nn.Module):
         break; with fullgraph=True an error that says to pass it).
         """
         if layout is None:
-            layout = _layout_outside_graph(self, pixel_values, grid_thw)
+            layout = layout_outside_graph(self, pixel_values, grid_thw)
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (N, D)
         for block in self.blocks:
             x = block(x, layout)
@@ -218,9 +241,9 @@ class VisionTower(nn.Module):
     "before the compiled call and pass it: model.visual(pixel_values, grid_thw, "
     "layout=model.visual.layout(pixel_values, grid_thw))"
 )
-def _layout_outside_graph(tower: VisionTower, pixel_values: Tensor, grid_thw: Tensor) -> VisionLayout:
+def layout_outside_graph(tower: nn.Module, pixel_values: Tensor, grid_thw: Tensor) -> VisionLayout:
     """`tower.layout(...)` run eagerly even inside torch.compile: it reads device values back (the checks,
     segment lengths, the window order), which a traced graph cannot hold. Compiled as users call it,
     `torch.compile(model.visual)(pixel_values, grid_thw)` then breaks its graph here once, and the blocks
     and merger after it are one graph."""
-    return tower.layout(pixel_values, grid_thw)
+    return tower.layout(pixel_values, grid_thw)  # type: ignore[operator]

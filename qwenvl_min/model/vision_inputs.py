@@ -7,9 +7,10 @@ our processor uses). It is built once where keyword calls are accepted (`QwenVL.
 The other keys of a processor's output are validated here, never silently trusted or ignored:
 - `mm_token_type_ids` (0 text, 1 image pad, 2 video pad): we find vision tokens by their pad ids; the
   given types must agree with those ids token by token.
-- `second_per_grid_ts` on Qwen2-VL: our processor emits it for every video (it does not know the family);
-  Qwen2-VL's positions step one per temporal patch whatever the frame rate, so it must be one finite,
-  positive value per video and is then not used (Qwen2.5-VL uses it for the temporal positions).
+- `second_per_grid_ts` on Qwen2-VL and Qwen3-VL: a processor may emit it for every video; Qwen2-VL's
+  positions step one per temporal patch whatever the frame rate and Qwen3-VL's carry time in timestamp
+  text, so it must be one finite, positive value per video and is then not used (Qwen2.5-VL uses it for
+  the temporal positions).
 
 Shapes (letters as in docs/design.md, "Shape legend"): B, T, N (images' or videos' rows), P.
 """
@@ -62,10 +63,10 @@ class VisionInputs:
         return VisionInputs(**{k: None if v is None else v.to(device) for k, v in moved.items()})
 
     def for_positions(self, config: Config) -> Tensor | None:
-        """`second_per_grid_ts` as the 3-D positions use it: Qwen2.5-VL's values as given; on Qwen2-VL the
-        values are checked (one finite, positive value per video) and not used."""
+        """`second_per_grid_ts` as the 3-D positions use it: Qwen2.5-VL's values as given; on Qwen2-VL and
+        Qwen3-VL the values are checked (one finite, positive value per video) and not used."""
         seconds = self.second_per_grid_ts
-        if config.model_type != "qwen2_vl" or seconds is None:
+        if config.model_type == "qwen2_5_vl" or seconds is None:
             return seconds
         check_seconds_per_grid(seconds)
         count = seconds.reshape(-1).numel()

@@ -153,7 +153,7 @@ def load_sharded(
         for key in sorted(keys, key=lambda k: sources[k][1].start):  # file order: sequential reads
             info = sources[key][1]
             module, name = owners[key]
-            _fill(module, name, key, mapped.read(info), dtype, device, rank, tp)
+            _fill(config, module, name, key, mapped.read(info), dtype, device, rank, tp)
             mapped.release(info)
         del mapped  # the map closes once the last view of it is gone
     if tied is not None:
@@ -165,6 +165,7 @@ def load_sharded(
 
 
 def _fill(
+    config: Config,
     module: nn.Module,
     name: str,
     key: str,
@@ -176,7 +177,9 @@ def _fill(
 ) -> None:
     """Copy this rank's slice of `stored` (as on disk) into a new local parameter of `module`."""
     meta = getattr(module, name)
-    full = hf_tensor_to_ours(key, stored)  # only the patch embedding changes shape (a view)
+    full = hf_tensor_to_ours(
+        config, key, stored
+    )  # the patch embedding's view; a hub-layout expert transposed
     target = dtype if dtype is not None and full.is_floating_point() else full.dtype
     if isinstance(meta, DTensor):
         placement = meta.placements[0]

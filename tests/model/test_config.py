@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from hf_models import HF_CONFIG, HF_MODEL
+from hf_models import HF_CONFIG, HF_MODEL, QWEN3
 
 from qwenvl_min import Config
 from qwenvl_min.model.config import PRESETS
@@ -186,13 +186,25 @@ def test_to_hf_round_trips_through_hf_config_classes(name: str, tmp_path) -> Non
     assert Config.from_hf(json.loads((tmp_path / "config.json").read_text())) == cfg
     # HF reads every shape-deciding field from to_hf() (no silent class defaults)
     text, vision = hf_cfg.text_config, hf_cfg.vision_config
-    assert (text.rms_norm_eps, text.num_key_value_heads, text.tie_word_embeddings) == (
+    # Qwen3-VL ties through the top-level flag only (its text config has none)
+    tie = hf_cfg.tie_word_embeddings if cfg.model_type in QWEN3 else text.tie_word_embeddings
+    assert (text.rms_norm_eps, text.num_key_value_heads, tie) == (
         cfg.text.rms_norm_eps,
         cfg.text.num_kv_heads,
         cfg.text.tie_word_embeddings,
     )
     assert list(text.rope_parameters["mrope_section"]) == list(cfg.text.mrope_section)
-    if cfg.model_type == "qwen2_5_vl":
+    if cfg.model_type in QWEN3:
+        assert (vision.hidden_size, vision.out_hidden_size, list(vision.deepstack_visual_indexes)) == (
+            cfg.vision.width,
+            cfg.vision.out_width,
+            list(cfg.vision.deepstack_indexes),
+        )
+        assert (text.head_dim, vision.num_position_embeddings) == (
+            cfg.text.head_dim,
+            cfg.vision.num_position_embeddings,
+        )
+    elif cfg.model_type == "qwen2_5_vl":
         assert (vision.hidden_size, vision.tokens_per_second, list(vision.fullatt_block_indexes)) == (
             cfg.vision.width,
             cfg.vision.tokens_per_second,

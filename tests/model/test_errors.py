@@ -276,13 +276,14 @@ def without(d: dict, *path: str) -> dict:
     return d
 
 
-@pytest.mark.parametrize("model_type", ["llava", "qwen3_vl", None])
+@pytest.mark.parametrize("model_type", ["llava", "qwen3_5_vl", None])
 def test_unknown_model_type(model_type) -> None:
     d = hf_dict("qwen2_vl")
     d["model_type"] = model_type
     with pytest.raises(
         ConfigError,
-        match=rf"unsupported model_type {model_type!r}: qwenvl-min handles \('qwen2_vl', 'qwen2_5_vl'\)",
+        match=rf"unsupported model_type {model_type!r}: qwenvl-min handles \('qwen2_vl', 'qwen2_5_vl', "
+        r"'qwen3_vl', 'qwen3_vl_moe'\)",
     ):
         Config.from_hf(d)
     with pytest.raises(ConfigError, match="unsupported model_type"):

@@ -45,9 +45,9 @@ def test_real_size_qwen2_5_vl_7b_tower_matches_hf() -> None:
     # ours: the same tensors (no copy), renamed by the mapping that from_hf and the converter use
     state = {}
     for key, tensor in hf.state_dict().items():
-        ours_key = hf_key_to_ours("visual." + key)
+        ours_key = hf_key_to_ours("visual." + key, cfg.model_type)
         if ours_key is not None:
-            state[ours_key.removeprefix("visual.")] = hf_tensor_to_ours(ours_key, tensor)
+            state[ours_key.removeprefix("visual.")] = hf_tensor_to_ours(cfg, ours_key, tensor)
     with torch.device("meta"):
         ours = VisionTower(cfg.vision)
     ours.load_state_dict(state, strict=True, assign=True)
