@@ -80,17 +80,17 @@ def randomize_scaled_(module: torch.nn.Module, seed: int) -> None:
                 p.normal_(0.0, 0.02, generator=gen)
 
 
-def build_hf(cfg: Config, seed: int = 0, attn: str = "sdpa"):
+def build_hf(cfg: Config, seed: int = 0, attn: str = "sdpa", std: float = WEIGHT_STD):
     """HF model (fp32, eval) with seeded random weights."""
     torch.manual_seed(seed)
     model = HF_MODEL[cfg.model_type]._from_config(hf_config(cfg), attn_implementation=attn)
-    randomize_(model, seed)
+    randomize_(model, seed, std)
     return model.eval()
 
 
-def build_pair(cfg: Config, seed: int = 0):
+def build_pair(cfg: Config, seed: int = 0, std: float = WEIGHT_STD):
     """(HF model, our model) sharing the same random weights; ours loaded through `QwenVL.from_hf`."""
-    hf = build_hf(cfg, seed)
+    hf = build_hf(cfg, seed, std=std)
     state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
     ours = QwenVL.from_hf(cfg.to_hf(), state)
     return hf, ours

@@ -63,6 +63,7 @@ def get_rope_index(
                 "second_per_grid_ts only applies to Qwen2.5-VL; Qwen3-VL carries time in the timestamp text"
             )
         videos = [[1, h, w] for t, h, w in videos for _ in range(t)]  # one vision block per temporal patch
+    per_frame = config.model_type in QWEN3
     if config.model_type == "qwen2_5_vl":
         if second_per_grid_ts is not None and torch.as_tensor(second_per_grid_ts).dim() != 1:
             raise ValueError(
@@ -120,6 +121,12 @@ def get_rope_index(
                 raise ValueError(
                     f"row {b}: {kind} {k} with grid {[t, h, w]} needs {n} consecutive {kind} pad tokens at "
                     f"position {int(slots[i])}, found fewer"
+                )
+            if per_frame and kind == "video" and i + n < len(ids) and ids[i + n] == ids[i]:
+                raise ValueError(
+                    f"row {b}: video frame {k} ({n} pad tokens at position {int(slots[i])}) runs into the next "
+                    "frame's pad tokens; Qwen3-VL writes each temporal patch as its own block "
+                    "(<t seconds><|vision_start|> pads <|vision_end|>): build the prompt with its processor"
                 )
             row[:, i : i + n] = block
             cursor = int(block.max()) + 1
