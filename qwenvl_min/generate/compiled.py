@@ -3,7 +3,8 @@ for every step, both writing a preallocated `KVCache` at slots (see `qwenvl_min.
 
 What is compiled: the decoder and the lm_head (`model.text` + `model.lm_head`), in two functions:
   * prefill: embeds (B, T, E) -> last-position logits (B, V), T and the capacity C marked dynamic, so one
-    graph serves every prompt length and capacity;
+    graph serves every prompt length and capacity (Qwen3-VL: with the DeepStack features of the prompt's
+    vision tokens, their count dynamic too; a prompt without vision tokens is a second graph);
   * decode step: tokens (B, 1) -> logits (B, V), embedding lookup included; every step passes the same
     shapes and buffers, so it compiles once and (mode "reduce-overhead" on CUDA) replays one CUDA graph.
     C is dynamic here too (the buffers were marked in the prefill): a new capacity reuses the graph.
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.cache import KVCache, SlotWrite
+from ..model.deepstack import DeepStackFeatures
 from ..model.qwenvl import QwenVL
 from ..utils.hooks import foreign_hooks
 
@@ -74,10 +76,15 @@ def check_compilable(model: QwenVL) -> None:
 
 
 def _prefill_logits(
-    model: QwenVL, embeds: Tensor, positions: Tensor, key_valid: Tensor, cache: SlotWrite
+    model: QwenVL,
+    embeds: Tensor,
+    positions: Tensor,
+    key_valid: Tensor,
+    cache: SlotWrite,
+    deepstack: DeepStackFeatures | None,
 ) -> Tensor:
     """embeds (B, T, E), positions (3, B, T), key_valid (B, C) -> logits (B, V) of the last position."""
-    hidden = model.text(embeds, positions, key_valid, cache)  # (B, T, E)
+    hidden = model.text(embeds, positions, key_valid, cache, deepstack)  # (B, T, E)
     # a fresh (B, E) copy: the last position's view has the dynamic prompt length in its strides (also when
     # B = 1, where .contiguous() keeps the view), which a tensor-parallel lm_head's DTensor dispatch cannot
     # hash under compile; one row per batch item costs nothing to copy
@@ -119,16 +126,27 @@ class CompiledText:
         self.caches[key] = cache
         return cache
 
-    def prefill(self, model: QwenVL, embeds: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
-        """Write the prompt to slots 0..T-1; key_valid must already hold the prompt's attention mask."""
+    def prefill(
+        self,
+        model: QwenVL,
+        embeds: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        deepstack: DeepStackFeatures | None = None,
+    ) -> Tensor:
+        """Write the prompt to slots 0..T-1; key_valid must already hold the prompt's attention mask.
+        `deepstack`: the prompt's DeepStack features (Qwen3-VL with vision inputs, `QwenVL.prepare`)."""
         t = embeds.shape[1]
         slots = torch.arange(t, device=embeds.device)
         if t > 1:  # dynamo specializes sizes 0 and 1; longer prompts share one graph
             for tensor, dim in ((embeds, 1), (positions, 2), (slots, 0)):
                 torch._dynamo.mark_dynamic(tensor, dim)
+        if deepstack is not None and deepstack.slots.shape[0] > 1:  # the vision token count varies too
+            for tensor in (deepstack.slots, *deepstack.levels):
+                torch._dynamo.mark_dynamic(tensor, 0)
         for buffer in (*cache.keys, *cache.values, cache.key_valid):
             torch._dynamo.mark_dynamic(buffer, 1)
-        return self.prefill_fn(model, embeds, positions, cache.key_valid, cache.at(slots)).clone()
+        return self.prefill_fn(model, embeds, positions, cache.key_valid, cache.at(slots), deepstack).clone()
 
     def step(self, model: QwenVL, tokens: Tensor, positions: Tensor, slot: Tensor, cache: KVCache) -> Tensor:
         """One decode step: tokens (B,), positions (3, B, 1), slot (1,) -> logits (B, V)."""

@@ -280,7 +280,7 @@ def _start_compiled(
     cache = text.cache_for(model, batch, length + max_new_tokens, prepared.embeds)
     if attention_mask is not None:
         cache.key_valid[:, :length] = attention_mask.bool()
-    logits = text.prefill(model, prepared.embeds, prepared.positions, cache)
+    logits = text.prefill(model, prepared.embeds, prepared.positions, cache, prepared.deepstack)
     slots = torch.arange(length, length + max_new_tokens, device=input_ids.device)  # of the new tokens
 
     def decode(tokens: Tensor, positions: Tensor, step: int) -> Tensor:
