@@ -4,6 +4,11 @@ processor config as published Qwen2.5-VL checkpoints ship it (legacy min_pixels 
 the published Qwen2-VL chat template (as chat_template.json) and generation_config.json; plus the HF
 processor built from those files (its video processor is a stand-in: HF's needs torchvision, which cannot
 be installed beside the pinned CPU torch; expansion, tokenization and second_per_grid_ts stay HF's).
+
+Qwen3-VL directories (families "qwen3_vl", "qwen3_vl_moe") hold what the published Qwen3-VL checkpoints
+ship instead: preprocessor_config.json and video_preprocessor_config.json with patch 16, mean / std 0.5
+and their budgets, and a Qwen3-VL-style chat template (no default system prompt); their HF processor is
+transformers' Qwen3VLProcessor (timestamps and the per-frame expansion are its own).
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from pathlib import Path
 
 from hf_models import build_hf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 from transformers.video_utils import VideoMetadata
 
 from qwenvl_min import Config
+from qwenvl_min.inputs import video_qwen3
 from qwenvl_min.inputs.preprocess import concat_outputs, preprocess_video
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
@@ -58,6 +64,50 @@ PREPROCESSOR = {  # published Qwen2.5-VL-7B-Instruct preprocessor_config.json
     "image_processor_type": "Qwen2VLImageProcessor",
     "processor_class": "Qwen2_5_VLProcessor",
 }
+# A Qwen3-VL-style template written for these tests: ChatML, vision items as <vs> pad <ve> with optional
+# "Picture N: " / "Video N: ", and no default system prompt (what the published Qwen3-VL templates do for
+# these messages; their tool and reasoning branches are left out).
+QWEN3_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Picture ' ~ image_count.value ~ ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content['type'] == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}{{- 'Video ' ~ video_count.value ~ ': ' }}{%- endif %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+QWEN3_PREPROCESSOR = {  # published Qwen3-VL preprocessor_config.json
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+    "image_processor_type": "Qwen2VLImageProcessorFast",
+}
+QWEN3_VIDEO_PREPROCESSOR = {  # published Qwen3-VL video_preprocessor_config.json
+    "size": {"longest_edge": 25165824, "shortest_edge": 4096},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "Qwen3VLProcessor",
+    "video_processor_type": "Qwen3VLVideoProcessor",
+    "fps": 2,
+    "min_frames": 4,
+    "max_frames": 768,
+    "do_sample_frames": True,
+}
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")
 GENERATION = {  # published Qwen2.5-VL-7B-Instruct generation_config.json, with this tokenizer's ids
     "bos_token_id": 0,
     "pad_token_id": 0,
@@ -84,7 +134,8 @@ def train_tokenizer() -> Tokenizer:
 
 def user_config(family: str) -> Config:
     """The tiny preset of a family with this tokenizer's vocabulary and special ids."""
-    cfg = Config.preset("tiny-qwen2-vl" if family == "qwen2_vl" else "tiny-qwen2.5-vl")
+    preset = {"qwen2_vl": "tiny-qwen2-vl", "qwen2_5_vl": "tiny-qwen2.5-vl", "qwen3_vl": "tiny-qwen3-vl"}
+    cfg = Config.preset(preset.get(family, "tiny-qwen3-vl-moe"))
     return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_size=512), **IDS)
 
 
@@ -97,8 +148,15 @@ def make_user_dir(directory: Path, family: str, seed: int = 0):
         tokenizer_object=train_tokenizer(), pad_token="<|endoftext|>", padding_side="left"
     )
     fast.save_pretrained(directory)
-    (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
-    (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_TEMPLATE}))
+    if family in QWEN3:
+        (directory / "preprocessor_config.json").write_text(json.dumps(QWEN3_PREPROCESSOR, indent=2))
+        (directory / "video_preprocessor_config.json").write_text(
+            json.dumps(QWEN3_VIDEO_PREPROCESSOR, indent=2)
+        )
+        (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_TEMPLATE}))
+    else:
+        (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
+        (directory / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_TEMPLATE}))
     (directory / "generation_config.json").write_text(json.dumps(GENERATION, indent=2))
     return hf
 
@@ -124,6 +182,26 @@ class VideoStandIn:
         }
 
 
+class Qwen3VideoStandIn:
+    """Plays Qwen3-VL's video processor: our Qwen3 video outputs and the metadata transformers' processor
+    turns into timestamps (the kept frame numbers and the rate)."""
+
+    merge_size, temporal_patch_size = 2, 2
+
+    def __init__(self, fps: float, budget: dict) -> None:
+        self.fps, self.budget = fps, budget
+
+    def __call__(self, videos, **kwargs):
+        outputs, meta = [], []
+        for video in videos:
+            data, _ = video_qwen3.preprocess_video(video, fps=self.fps, **self.budget)
+            indices = video_qwen3.sample_frame_indices(len(video), self.fps).tolist()
+            outputs.append(data)
+            meta.append(VideoMetadata(total_num_frames=len(video), fps=self.fps, frames_indices=indices))
+        data = concat_outputs(outputs)
+        return {**data, "video_metadata": meta}
+
+
 def hf_processor(directory: Path, family: str, monkeypatch, fps: float, video_budget: dict):
     """transformers' processor from the directory's files (tokenizer, image processor, chat template)."""
     original = ProcessorMixin.check_argument_for_proper_class
@@ -132,11 +210,12 @@ def hf_processor(directory: Path, family: str, monkeypatch, fps: float, video_bu
         return type(arg) if name == "video_processor" else original(self, name, arg)
 
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", check)
-    cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    cls = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}.get(family, Qwen3VLProcessor)
     template = json.loads((directory / "chat_template.json").read_text())["chat_template"]
+    video = (Qwen3VideoStandIn if family in QWEN3 else VideoStandIn)(fps, video_budget)
     return cls(
         Qwen2VLImageProcessorPil.from_pretrained(directory),
         PreTrainedTokenizerFast.from_pretrained(directory),
-        VideoStandIn(fps, video_budget),
+        video,
         chat_template=template,
     )

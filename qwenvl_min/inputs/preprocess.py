@@ -1,8 +1,10 @@
 """Image and video preprocessing for Qwen2-VL / Qwen2.5-VL: pixels in, the vision tower's inputs out.
+(Qwen3-VL images go through the same image path with its patch 16 and mean / std 0.5; its videos follow
+their own rules in `qwenvl_min.inputs.video_qwen3`, on the same decoding, resize and patch steps.)
 
 Pipeline (images and videos alike):
     decode → RGB uint8 → `smart_resize` size (both sides multiples of patch·merge = 28) → PIL bicubic resize
-    → rescale 1/255 → CLIP mean/std normalize → patch rows of C·T·P·P = 3·2·14·14 = 1176 values.
+    → rescale 1/255 → mean/std normalize (CLIP's by default) → patch rows of C·T·P·P = 3·2·14·14 = 1176 values.
 
 Reference: transformers 5.24 `Qwen2VLImageProcessorPil` (the PIL/NumPy backend). Images match it bit for
 bit. Things to know (see also docs/design.md, "Traps we found"):
@@ -17,7 +19,8 @@ bit. Things to know (see also docs/design.md, "Traps we found"):
   white. We scale 0..65535 to 0..255 instead (round(v / 257)).
 - Rescale and normalize are computed as HF does (uint8 → fp64 · (1/255) → fp32, then (x − mean) / std in
   fp32). Because the input is uint8 there are only 256 possible results per channel, so we evaluate that
-  exact arithmetic once into a lookup table and gather from it while writing rows in patch order.
+  exact arithmetic once per (mean, std) into a lookup table and gather from it while writing rows in patch
+  order.
 
 Row order of `pixel_values` (shape (Σ t·h·w, 1176)): for each temporal patch, 2×2 merge blocks row-major
 over the (h/2, w/2) block grid, inside a block (0,0), (0,1), (1,0), (1,1); within a row (channel, time, y, x).
@@ -30,6 +33,7 @@ import numbers
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -46,6 +50,12 @@ TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+Normalization = tuple[float, float, float]  # per channel (R, G, B)
+# (mean, std) of each processor family: "qwen2" = the Qwen2-VL / Qwen2.5-VL processors, "qwen3" = Qwen3-VL's
+NORMALIZATION: dict[str, tuple[Normalization, Normalization]] = {
+    "qwen2": (IMAGE_MEAN, IMAGE_STD),
+    "qwen3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 MAX_ASPECT_RATIO = 200
 
 # Per-image pixel budget of HF's image processor class defaults.
@@ -220,16 +230,16 @@ def load_rgb(image: ImageInput) -> Image.Image:
 # ---------------------------------------------------------------------------------------------- patches
 
 
-def _normalize_lut() -> np.ndarray:
+@cache
+def normalize_lut(mean: Normalization = IMAGE_MEAN, std: Normalization = IMAGE_STD) -> np.ndarray:
     """(3, 256) float32: the normalized value of every uint8 level per channel, computed with HF's exact
     arithmetic (fp64 rescale, fp32 cast, fp32 subtract and divide)."""
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in (*mean, *std)) or min(std) <= 0:
+        raise ValueError(f"image_mean / image_std must be 3 finite numbers (std > 0), got {mean}, {std}")
     levels = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
-    mean = np.asarray(IMAGE_MEAN, dtype=np.float32)[:, None]
-    std = np.asarray(IMAGE_STD, dtype=np.float32)[:, None]
-    return (levels[None, :] - mean) / std
-
-
-_LUT = _normalize_lut()
+    mean_ = np.asarray(mean, dtype=np.float32)[:, None]
+    std_ = np.asarray(std, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean_) / std_
 
 
 # Merge blocks per np.take call. np.take first copies its uint8 indices into an int64 array (8x their size);
@@ -250,7 +260,7 @@ def _over_row_chunks(work: Callable[[slice], None], rows: int) -> None:
         list(pool.map(work, [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]))
 
 
-def _normalize_blocks(src: np.ndarray, out: np.ndarray, time_slot: int | None) -> None:
+def _normalize_blocks(src: np.ndarray, out: np.ndarray, time_slot: int | None, lut: np.ndarray) -> None:
     """Normalized rows of every merge block, a few blocks per step, in threads.
 
     src: (T, by, bx, iy, ix, C, [tp,] P, P) uint8 view (no time axis when `time_slot` is given);
@@ -268,34 +278,45 @@ def _normalize_blocks(src: np.ndarray, out: np.ndarray, time_slot: int | None) -
                 pixels, target = src[t, y, blocks], out[t, y, blocks]  # (k, iy, ix, C, ...)
                 slot = target if time_slot is None else target[:, :, :, :, time_slot]
                 for ch in range(channels):
-                    np.take(_LUT[ch], pixels[:, :, :, ch], out=slot[:, :, :, ch], mode="clip")
+                    np.take(lut[ch], pixels[:, :, :, ch], out=slot[:, :, :, ch], mode="clip")
                 if time_slot is not None:
                     target[:, :, :, :, 1:] = slot[:, :, :, :, None]
 
     _over_row_chunks(work, lines)
 
 
-def _patchify(frames: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 with T a multiple of the temporal patch → normalized rows (t·h·w, 3·tp·p·p) fp32."""
+def patchify(
+    frames: np.ndarray,
+    patch_size: int,
+    temporal_patch_size: int,
+    merge_size: int,
+    lut: np.ndarray | None = None,
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 with T a multiple of the temporal patch → normalized rows (t·h·w, 3·tp·p·p) fp32
+    (`lut`: `normalize_lut(mean, std)`, CLIP's by default)."""
     # (gt, blocks_y, blocks_x, in-block y, in-block x, channel, time, patch y, patch x), a view of the uint8
     # pixels: the reorder happens inside the gather, one pass, each value read once and written once
     x = frames_to_rows(frames, patch_size, temporal_patch_size, merge_size)
     out = np.empty(x.shape, dtype=np.float32)
-    _normalize_blocks(x, out, time_slot=None)
+    _normalize_blocks(x, out, time_slot=None, lut=normalize_lut() if lut is None else lut)
     return out.reshape(-1, x.shape[5] * temporal_patch_size * patch_size**2)
 
 
 def _patchify_still(
-    frame: np.ndarray, patch_size: int, temporal_patch_size: int, merge_size: int
+    frame: np.ndarray,
+    patch_size: int,
+    temporal_patch_size: int,
+    merge_size: int,
+    lut: np.ndarray | None = None,
 ) -> np.ndarray:
     """A still image is `temporal_patch_size` identical frames: gather once, then copy along time."""
     x = still_to_rows(frame, patch_size, merge_size)[None]  # (1, by, bx, iy, ix, c, py, px), a view
     out = np.empty((*x.shape[:6], temporal_patch_size, patch_size, patch_size), dtype=np.float32)
-    _normalize_blocks(x, out, time_slot=0)
+    _normalize_blocks(x, out, time_slot=0, lut=normalize_lut() if lut is None else lut)
     return out.reshape(-1, x.shape[5] * temporal_patch_size * patch_size**2)
 
 
-def _check_budget(
+def check_budget(
     min_pixels: int,
     max_pixels: int,
     patch_size: int,
@@ -342,6 +363,8 @@ def preprocess_image(
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     merge_size: int = MERGE_SIZE,
     max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
+    image_mean: Normalization = IMAGE_MEAN,
+    image_std: Normalization = IMAGE_STD,
 ) -> dict[str, torch.Tensor]:
     """One image or a list of images → {"pixel_values": fp32 (Σ h·w, 1176), "image_grid_thw": int64 (n, 3)}.
 
@@ -350,9 +373,11 @@ def preprocess_image(
     Equal to transformers' `Qwen2VLImageProcessorPil` (see the module docstring for the input-handling
     differences: EXIF, alpha and 16-bit data are handled the same way for every kind of input).
     `max_tokens` bounds the vision tokens of all images together; it is checked from the image headers
-    before any pixel is decoded (see `qwenvl_min.inputs.budget`).
+    before any pixel is decoded (see `qwenvl_min.inputs.budget`). `image_mean` / `image_std`: the
+    checkpoint's normalization (CLIP's for Qwen2-VL / Qwen2.5-VL, 0.5 for Qwen3-VL).
     """
-    max_tokens = _check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
+    max_tokens = check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
+    lut = normalize_lut(tuple(image_mean), tuple(image_std))
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     if not images:
         raise ValueError("no images given")
@@ -367,7 +392,7 @@ def preprocess_image(
     rows, grids = [], []
     for item in images:
         pixels = _resize_rgb(load_rgb(item), min_pixels, max_pixels, patch_size * merge_size)
-        rows.append(_patchify_still(pixels, patch_size, temporal_patch_size, merge_size))
+        rows.append(_patchify_still(pixels, patch_size, temporal_patch_size, merge_size, lut))
         grids.append([1, pixels.shape[0] // patch_size, pixels.shape[1] // patch_size])
     pixel_values = rows[0] if len(rows) == 1 else np.concatenate(rows)
     return {
@@ -461,6 +486,8 @@ def preprocess_video(
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     merge_size: int = MERGE_SIZE,
     max_tokens: int = DEFAULT_MAX_VISION_TOKENS,
+    image_mean: Normalization = IMAGE_MEAN,
+    image_std: Normalization = IMAGE_STD,
 ) -> dict[str, torch.Tensor]:
     """One video → {"pixel_values_videos": fp32 (t·h·w, 1176), "video_grid_thw": int64 (1, 3),
     "second_per_grid_ts": fp32 (1,)}.
@@ -484,7 +511,8 @@ def preprocess_video(
     frame's size before any further frame is decoded or resized, and frames are resized as they are
     decoded (see `qwenvl_min.inputs.budget`).
     """
-    max_tokens = _check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
+    max_tokens = check_budget(min_pixels, max_pixels, patch_size, merge_size, max_tokens)
+    lut = normalize_lut(tuple(image_mean), tuple(image_std))
     if fps is not None:
         fps = finite_number("fps", fps, positive=True, hint="the rate the frames were recorded at")
     factor = patch_size * merge_size
@@ -546,7 +574,7 @@ def preprocess_video(
     sampled_fps = kept / total * fps
     return {
         "pixel_values_videos": torch.from_numpy(
-            _patchify(pixels, patch_size, temporal_patch_size, merge_size)
+            patchify(pixels, patch_size, temporal_patch_size, merge_size, lut)
         ),
         "video_grid_thw": torch.tensor([[t, h, w]], dtype=torch.int64),
         "second_per_grid_ts": torch.tensor([temporal_patch_size / sampled_fps], dtype=torch.float32),

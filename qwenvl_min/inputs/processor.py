@@ -9,6 +9,11 @@ settings as the defaults (see `qwenvl_min.inputs.checkpoint_settings` for which 
 Output keys are those of transformers' processors: input_ids, attention_mask, mm_token_type_ids, and
 pixel_values / image_grid_thw, pixel_values_videos / video_grid_thw / second_per_grid_ts when given. A
 `Processor()` built by hand (no checkpoint) keeps the library defaults and the built-in Qwen chat format.
+
+Qwen3-VL checkpoints (`checkpoint_settings.processor_family` "qwen3") follow its processor: patch 16,
+mean / std 0.5, its video rules (`qwenvl_min.inputs.video_qwen3`: 2 frames per second, a budget for the
+whole clip) and timestamped per-frame video blocks in the prompt; no second_per_grid_ts. Build one by hand
+with `family_settings("qwen3", video=...)` for `image=` / `video=`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from . import checkpoint_settings as settings
+from . import video_qwen3
 from .budget import DEFAULT_MAX_VISION_TOKENS
 from .chat_template import render
 from .preprocess import (
@@ -56,17 +62,28 @@ class Processor:
         self.tokenizer = tokenizer
         self.image = image or settings.VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
         self.video = video or settings.VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+        if self.image.family != self.video.family:
+            raise ValueError(
+                f"image settings of family {self.image.family!r} with video settings of family "
+                f"{self.video.family!r}: one processor follows one model family's rules"
+            )
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
+
+    @property
+    def family(self) -> str:
+        """Whose processor rules this follows: "qwen2" (Qwen2-VL / Qwen2.5-VL) or "qwen3" (Qwen3-VL)."""
+        return self.video.family
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> Processor:
         """From a checkpoint directory (HF or converted): tokenizer.json, processor configs, template."""
         directory = Path(directory)
+        family = settings.processor_family(directory)
         return cls(
             load_tokenizer(directory),
-            image=settings.image_settings(directory),
-            video=settings.video_settings(directory),
+            image=settings.image_settings(directory, family),
+            video=settings.video_settings(directory, family),
             chat_template=settings.chat_template(directory),
             special_tokens=settings.special_tokens(directory),
         )
@@ -133,8 +150,10 @@ class Processor:
 
         `vision`: a `prepare_vision(messages)` result instead of images / videos (how HF's processor takes
         qwen-vl-utils' output): its images and frames are already resized and sampled and are used as they
-        are, with `second_per_grid_ts` from their sampled fps."""
+        are, with `second_per_grid_ts` from their sampled fps (Qwen3-VL: timestamps from their frame
+        numbers, as transformers computes them from qwen-vl-utils' video metadata)."""
         out: dict[str, Tensor] = {}
+        timestamps: list[list[float]] | None = None
         if vision is not None:
             if images is not None or videos is not None or fps is not None:
                 raise ValueError(
@@ -146,7 +165,7 @@ class Processor:
                     f"processor uses {self.image.patch_size} / {self.image.merge_size}; call prepare_vision "
                     "with the processor's sizes"
                 )
-            out = vision.model_inputs()
+            out = vision.model_inputs(self.family)
             tokens = encode(
                 self.tokenizer,
                 text,
@@ -154,10 +173,14 @@ class Processor:
                 video_grid_thw=out.get("video_grid_thw"),
                 merge_size=vision.merge_size,
                 max_length=max_length,
+                video_timestamps=vision.video_timestamps()
+                if self.family == "qwen3" and vision.videos
+                else None,
             )
             return {**tokens, **out}
         if images is not None:
             image = self._budget(self.image, min_pixels, max_pixels)
+            mean, std = image.normalization
             out |= preprocess_image(
                 images,
                 min_pixels=image.min_pixels,
@@ -166,29 +189,36 @@ class Processor:
                 temporal_patch_size=image.temporal_patch_size,
                 merge_size=image.merge_size,
                 max_tokens=max_tokens,
+                image_mean=mean,
+                image_std=std,
             )
         if videos is not None:
             video = self._budget(self.video, min_pixels, max_pixels)
             if isinstance(videos, (str, os.PathLike)) or not isinstance(videos, Sequence):
                 raise ValueError("videos must be a list (one entry per video)")
-            clips = [
-                preprocess_video(
-                    clip,
-                    fps=fps,
-                    sample_fps=video.sample_fps,
-                    num_frames=video.num_frames,
-                    min_pixels=video.min_pixels,
-                    max_pixels=video.max_pixels,
-                    min_frames=video.min_frames,
-                    max_frames=video.max_frames,
-                    patch_size=video.patch_size,
-                    temporal_patch_size=video.temporal_patch_size,
-                    merge_size=video.merge_size,
-                    max_tokens=max_tokens,
-                )
-                for clip in videos
-            ]
-            out |= concat_outputs(clips)
+            if self.family == "qwen3":
+                clips, timestamps = [], []
+                for clip in videos:
+                    inputs, seconds = video_qwen3.preprocess_video(
+                        clip,
+                        fps=fps,
+                        sample_fps=video.sample_fps,
+                        num_frames=video.num_frames,
+                        min_pixels=video.min_pixels,
+                        max_pixels=video.max_pixels,
+                        min_frames=video.min_frames,
+                        max_frames=video.max_frames,
+                        cap_pixels_per_frame=video.cap_pixels_per_frame,
+                        patch_size=video.patch_size,
+                        temporal_patch_size=video.temporal_patch_size,
+                        merge_size=video.merge_size,
+                        max_tokens=max_tokens,
+                    )
+                    clips.append(inputs)
+                    timestamps.append(seconds)
+                out |= concat_outputs(clips)
+            else:
+                out |= concat_outputs([self._qwen2_video(clip, video, fps, max_tokens) for clip in videos])
         tokens = encode(
             self.tokenizer,
             text,
@@ -196,8 +226,28 @@ class Processor:
             video_grid_thw=out.get("video_grid_thw"),
             merge_size=self.image.merge_size if images is not None else self.video.merge_size,
             max_length=max_length,
+            video_timestamps=timestamps,
         )
         return {**tokens, **out}
+
+    @staticmethod
+    def _qwen2_video(
+        clip: VideoInput, video: settings.VisionSettings, fps: float | None, max_tokens: int
+    ) -> dict[str, Tensor]:
+        return preprocess_video(
+            clip,
+            fps=fps,
+            sample_fps=video.sample_fps,
+            num_frames=video.num_frames,
+            min_pixels=video.min_pixels,
+            max_pixels=video.max_pixels,
+            min_frames=video.min_frames,
+            max_frames=video.max_frames,
+            patch_size=video.patch_size,
+            temporal_patch_size=video.temporal_patch_size,
+            merge_size=video.merge_size,
+            max_tokens=max_tokens,
+        )
 
     @staticmethod
     def _budget(

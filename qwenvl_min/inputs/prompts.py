@@ -9,6 +9,9 @@ The chat format (Qwen2-VL / Qwen2.5-VL), built in code rather than through a Jin
 Each image or video item becomes one placeholder between vision start/end tokens. `encode` then expands
 placeholder i into prod(grid_thw[i]) // merge_size² copies, in order (images and videos counted separately,
 across the whole batch, as transformers' Qwen2VLProcessor does), and tokenizes with the `tokenizers` library.
+Qwen3-VL videos (`video_timestamps` given) expand instead into one block per temporal patch k,
+`<{t_k:.1f} seconds><|vision_start|>` + h·w/merge² pads + `<|vision_end|>`, inside the template's own
+vision start / end (transformers 5.24's Qwen3VLProcessor replaces the pad token only).
 `mm_token_type_ids` marks each token as text (0), image pad (1) or video pad (2): transformers 5.24 needs it
 for 3-D positions, and our model derives the same from the ids.
 """
@@ -111,20 +114,40 @@ def _grid_tokens(grid_thw: torch.Tensor | Sequence[Sequence[int]] | None, merge_
     return [int(t) * int(h) * int(w) // merge_size**2 for t, h, w in torch.as_tensor(grid_thw).tolist()]
 
 
-def _expand(texts: list[str], token: str, counts: list[int], what: str) -> list[str]:
-    """Replace the i-th `token` across all texts by counts[i] copies of it."""
+def _expand(texts: list[str], token: str, replacements: list[str], what: str) -> list[str]:
+    """Replace the i-th `token` across all texts by replacements[i]."""
     found = sum(text.count(token) for text in texts)
-    if found != len(counts):
+    if found != len(replacements):
         raise ValueError(
-            f"the prompt has {found} {what} placeholder(s) ({token}) but {len(counts)} {what}(s) were given; "
-            f"give one {what} per placeholder"
+            f"the prompt has {found} {what} placeholder(s) ({token}) but {len(replacements)} {what}(s) were "
+            f"given; give one {what} per placeholder"
         )
-    remaining = iter(counts)
+    remaining = iter(replacements)
     expanded = []
     for text in texts:
         first, *rest = text.split(token)
-        expanded.append(first + "".join(token * next(remaining) + piece for piece in rest))
+        expanded.append(first + "".join(next(remaining) + piece for piece in rest))
     return expanded
+
+
+def _timed_frames(
+    video_grid_thw: torch.Tensor | Sequence[Sequence[int]] | None,
+    timestamps: Sequence[Sequence[float]],
+    merge_size: int,
+) -> list[str]:
+    """Qwen3-VL: each video's pads as one `<t seconds>`-headed vision block per temporal patch."""
+    grids = [] if video_grid_thw is None else torch.as_tensor(video_grid_thw).tolist()
+    if len(timestamps) != len(grids):
+        raise ValueError(
+            f"{len(timestamps)} timestamp lists were given for {len(grids)} videos; give one per video"
+        )
+    blocks = []
+    for (t, h, w), seconds in zip(grids, timestamps):
+        if len(seconds) != t:
+            raise ValueError(f"a video of {t} temporal patches needs {t} timestamps, got {len(seconds)}")
+        frame = VISION_START + VIDEO_PAD * (h * w // merge_size**2) + VISION_END
+        blocks.append("".join(f"<{second:.1f} seconds>{frame}" for second in seconds))
+    return blocks
 
 
 def encode(
@@ -136,6 +159,7 @@ def encode(
     merge_size: int = 2,
     max_length: int | None = None,
     pad_token: str = PAD_TOKEN,
+    video_timestamps: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenize prompts whose images / videos are single placeholders; returns int64 (B, T) tensors
     {"input_ids", "attention_mask", "mm_token_type_ids"}, left padded with `pad_token` (mask 0, type 0).
@@ -143,12 +167,20 @@ def encode(
     `tokenizer` is a `tokenizers.Tokenizer` (see `load_tokenizer`). Grids are the `image_grid_thw` /
     `video_grid_thw` of the preprocessed media, in the order the placeholders appear across the batch.
     `max_length` (the model's context) makes a longer prompt an error instead of a silent truncation.
+    `video_timestamps` (Qwen3-VL): per video, the seconds of each temporal patch; the video then expands
+    into timestamped per-frame blocks (see the module docstring).
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no prompts given")
-    texts = _expand(texts, IMAGE_PAD, _grid_tokens(image_grid_thw, merge_size), "image")
-    texts = _expand(texts, VIDEO_PAD, _grid_tokens(video_grid_thw, merge_size), "video")
+    texts = _expand(
+        texts, IMAGE_PAD, [IMAGE_PAD * n for n in _grid_tokens(image_grid_thw, merge_size)], "image"
+    )
+    if video_timestamps is None:
+        videos = [VIDEO_PAD * n for n in _grid_tokens(video_grid_thw, merge_size)]
+    else:
+        videos = _timed_frames(video_grid_thw, video_timestamps, merge_size)
+    texts = _expand(texts, VIDEO_PAD, videos, "video")
 
     ids = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
     longest = max(len(row) for row in ids)

@@ -39,8 +39,16 @@ from ..utils.validate import finite_number, positive_int
 from . import qwen_vl_rules as rules
 from .budget import DEFAULT_MAX_VISION_TOKENS, check_tokens
 from .media_sources import FetchLimits, image_source, video_file
-from .preprocess import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE, preprocess_image, preprocess_video
+from .preprocess import (
+    MERGE_SIZE,
+    NORMALIZATION,
+    PATCH_SIZE,
+    TEMPORAL_PATCH_SIZE,
+    preprocess_image,
+    preprocess_video,
+)
 from .video_decode import probe, read_sampled
+from .video_qwen3 import frame_timestamps
 
 _SIZE_KEYS = {"min_pixels", "max_pixels", "resized_height", "resized_width"}
 IMAGE_KEYS = frozenset({"type", "image", "image_url", *_SIZE_KEYS})
@@ -103,15 +111,23 @@ class PreparedVision:
         ]
         return torch.tensor(rows, dtype=torch.int64)
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
+    def model_inputs(self, family: str = "qwen2") -> dict[str, torch.Tensor]:
         """pixel_values / image_grid_thw, pixel_values_videos / video_grid_thw / second_per_grid_ts (the
-        keys present for what was given), normalized and patchified without resizing again."""
+        keys present for what was given), normalized and patchified without resizing again.
+
+        `family` is the processor's ("qwen2": Qwen2-VL / Qwen2.5-VL; "qwen3": Qwen3-VL, normalized with
+        mean / std 0.5 and without second_per_grid_ts: its prompt carries `video_timestamps()`)."""
+        if family not in NORMALIZATION:
+            raise ValueError(f"family must be one of {sorted(NORMALIZATION)}, got {family!r}")
+        mean, std = NORMALIZATION[family]
         out: dict[str, torch.Tensor] = {}
         geometry = {
             "patch_size": self.patch_size,
             "temporal_patch_size": self.temporal_patch_size,
             "merge_size": self.merge_size,
             "max_tokens": sys.maxsize,  # the budget was checked by prepare_vision, before decoding
+            "image_mean": mean,
+            "image_std": std,
         }
         if self.images:
             parts = [preprocess_image(im, **_exact(im.height, im.width), **geometry) for im in self.images]
@@ -124,8 +140,26 @@ class PreparedVision:
                 )
                 for v in self.videos
             ]
-            for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            keys = ["pixel_values_videos", "video_grid_thw"] + (
+                ["second_per_grid_ts"] if family == "qwen2" else []
+            )
+            for key in keys:
                 out[key] = torch.cat([p[key] for p in parts])
+        return out
+
+    def video_timestamps(self) -> list[list[float]]:
+        """Qwen3-VL: per video, the seconds of each temporal patch, as transformers' Qwen3VLProcessor
+        computes them from qwen-vl-utils' video metadata: a file's kept frame numbers over its frame rate;
+        a frame list's positions 0 .. n-1 (after padding) over `sample_fps` (the metadata qwen-vl-utils
+        makes up for it)."""
+        out = []
+        for video in self.videos:
+            if video.video_fps is None:
+                out.append(
+                    frame_timestamps(range(len(video.frames)), video.sample_fps, self.temporal_patch_size)
+                )
+            else:
+                out.append(frame_timestamps(video.frame_indices, video.video_fps, self.temporal_patch_size))
         return out
 
 

@@ -55,7 +55,7 @@ def test_still_rows_equal_the_plain_formula(frame):
 @given(videos())
 def test_video_rows_equal_the_plain_formula(frames):
     args = processor.PATCH_SIZE, processor.TEMPORAL_PATCH_SIZE, processor.MERGE_SIZE
-    assert np.array_equal(processor._patchify(frames, *args), _plain_rows(frames))
+    assert np.array_equal(processor.patchify(frames, *args), _plain_rows(frames))
 
 
 def test_every_level_of_every_channel():
