@@ -221,7 +221,10 @@ def cmd_attend(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CliError(f"cannot create {out}: {err.strerror or err}; choose another --out") from None
     grid = tuple(vision["image_grid_thw"][0].tolist())
-    frame = frames_from_patches(vision["pixel_values"], grid)[0]
+    mean, std = processor.image.normalization
+    frame = frames_from_patches(
+        vision["pixel_values"], grid, cfg.vision.patch_size, image_mean=mean, image_std=std
+    )[0]
     name = model.checkpoint_dir.name if model.checkpoint_dir else args.model
     heads, kv_heads = cfg.text.num_heads, cfg.text.num_kv_heads
     layer_text = _layer_text(layers, cfg.text.num_layers)
@@ -243,6 +246,7 @@ def cmd_attend(args: argparse.Namespace) -> int:
             merged_to_patch_grid(values, grid[1:], cfg.vision.merge_size),
             vmin=vmin,
             vmax=vmax,
+            patch_size=cfg.vision.patch_size,
             caption=caption,
         )
         path = out / f"token_{j:02d}.png"
@@ -292,7 +296,7 @@ def _vision_picture(
     patches = grid[1] * grid[2]
     values = patch_grid_values(received, grid, v.merge_size)
     vmin, vmax = float(received.min()), float(received.max())
-    full = v.family == "qwen2_vl" or block in v.fullatt_block_indexes
+    full = v.is_full_attention(block)
     caption = [
         f"{name}: vision block {block} ({'full attention' if full else 'window attention'}), "
         f"mean over {v.num_heads} heads and {patches} query patches",
@@ -300,7 +304,10 @@ def _vision_picture(
         f"colour: {vmin:.3g} (min) .. {vmax:.3g} (max); uniform would be {1 / patches:.3g}",
     ]
     path = out / f"vision_block_{block}.png"
-    _save(draw_scaled_heatmap(frame, values, vmin=vmin, vmax=vmax, caption=caption), path)
+    picture = draw_scaled_heatmap(
+        frame, values, vmin=vmin, vmax=vmax, patch_size=v.patch_size, caption=caption
+    )
+    _save(picture, path)
     return {
         "block": block,
         "full_attention": full,

@@ -16,7 +16,7 @@ from ..inputs.preprocess import concat_outputs
 from ..parallel.launch import launched_distributed
 from ..utils.validate import check_sampling
 from .options import FEWER_TOKENS, add_model, add_pixel_budget
-from .support import CliError, VideoFlags, image_inputs, load_model, video_inputs
+from .support import CliError, VideoFlags, image_inputs, load_model, prepared_video
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     budget = (args.min_pixels, args.max_pixels, args.max_vision_tokens)
     images = [image_inputs(p, *budget, processor.image) for p in args.image]
     flags = VideoFlags.from_args(args)
-    videos = [video_inputs(p, *budget, processor.video, flags) for p in args.video]
+    prepared = [prepared_video(p, *budget, processor.video, flags) for p in args.video]
+    videos = [video.model_inputs(processor.family) for video in prepared]
+    # Qwen3-VL: each frame's timestamp goes into the prompt as text
+    timestamps = [s for v in prepared for s in v.video_timestamps()] if processor.family == "qwen3" else None
     vision: dict[str, Tensor] = {}
     if images:
         vision |= concat_outputs(images)
@@ -115,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             video_grid_thw=vision.get("video_grid_thw"),
             merge_size=config.vision.merge_size,
             max_length=config.text.max_position_embeddings,
+            video_timestamps=timestamps if videos else None,
         )
     except ValueError as err:
         if "tokens long, over the limit" not in str(err):

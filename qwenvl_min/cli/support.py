@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
-from ..inputs.checkpoint_settings import VisionSettings, image_settings, video_settings
+from ..inputs.checkpoint_settings import VisionSettings, family_settings, image_settings, video_settings
 from ..inputs.preprocess import (
     IMAGE_MAX_PIXELS,
     IMAGE_MIN_PIXELS,
@@ -24,8 +24,8 @@ from ..inputs.preprocess import (
     VIDEO_MIN_PIXELS,
     preprocess_image,
 )
-from ..inputs.vision_messages import prepare_vision
-from ..model.config import Config
+from ..inputs.vision_messages import PreparedVision, prepare_vision
+from ..model.config import QWEN3, Config
 from ..model.geometry import window_unit_order
 from ..model.qwenvl import QwenVL
 from ..utils.devices import DeviceError, check_device
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
-RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b"}  # inspect: the released vision geometry
+# inspect: the released vision geometry of each family
+RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b", "qwen3-vl": "qwen3-vl-8b"}
 
 
 class CliError(Exception):
@@ -84,6 +85,7 @@ def image_inputs(
     (`settings`), else the library's default pixel budget (see `pixel_range`)."""
     settings = settings or VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
     low, high = pixel_range(min_pixels, max_pixels, settings.min_pixels, settings.max_pixels)
+    mean, std = settings.normalization
     return preprocess_image(
         path,
         min_pixels=low,
@@ -92,6 +94,8 @@ def image_inputs(
         temporal_patch_size=settings.temporal_patch_size,
         merge_size=settings.merge_size,
         max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
+        image_mean=mean,
+        image_std=std,
     )
 
 
@@ -105,8 +109,23 @@ def video_inputs(
 ) -> dict[str, Tensor]:
     """A video file -> the model's video kwargs, sampled and sized by qwen-vl-utils' rules (what the model
     cards' pipeline feeds the model: 2 fps, 128..768 tokens a frame, a total-pixel cap for long videos),
-    changed only by the flags. The checkpoint's settings give the patch / merge sizes."""
+    changed only by the flags. The checkpoint's settings give the patch / merge sizes and the family
+    (Qwen3-VL: normalized with mean / std 0.5, no second_per_grid_ts; its prompt needs `prepared_video`'s
+    timestamps)."""
     settings = settings or VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+    vision = prepared_video(path, min_pixels, max_pixels, max_tokens, settings, flags)
+    return vision.model_inputs(settings.family)
+
+
+def prepared_video(
+    path: str | os.PathLike[str],
+    min_pixels: int | None,
+    max_pixels: int | None,
+    max_tokens: int | None,
+    settings: VisionSettings,
+    flags: VideoFlags = VideoFlags(),
+) -> PreparedVision:
+    """The sampled, resized frames of a video file (see `video_inputs`), before normalization."""
     item: dict[str, object] = {"type": "video", "video": os.fspath(path)}
     options = {
         "fps": flags.fps,
@@ -117,14 +136,13 @@ def video_inputs(
         "max_pixels": max_pixels,
     }
     item |= {k: v for k, v in options.items() if v is not None}
-    vision = prepare_vision(
+    return prepare_vision(
         [{"role": "user", "content": [item]}],
         patch_size=settings.patch_size,
         merge_size=settings.merge_size,
         temporal_patch_size=settings.temporal_patch_size,
         max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
     )
-    return vision.model_inputs()
 
 
 def preprocess(
@@ -134,13 +152,15 @@ def preprocess(
     max_tokens: int | None = None,
     checkpoint_dir: Path | None = None,
     flags: VideoFlags = VideoFlags(),
+    family: str = "qwen2",
 ) -> dict[str, Tensor]:
     """One input file, image or video by suffix -> the model's vision kwargs (budget checked first); the
-    checkpoint's processor settings are the defaults when `checkpoint_dir` is given."""
+    checkpoint's processor settings are the defaults when `checkpoint_dir` is given, else the processor
+    family's ("qwen2" or "qwen3")."""
     if is_video(path):
-        settings = None if checkpoint_dir is None else video_settings(checkpoint_dir)
+        settings = family_settings(family, True) if checkpoint_dir is None else video_settings(checkpoint_dir)
         return video_inputs(path, min_pixels, max_pixels, max_tokens, settings, flags)
-    settings = None if checkpoint_dir is None else image_settings(checkpoint_dir)
+    settings = family_settings(family, False) if checkpoint_dir is None else image_settings(checkpoint_dir)
     return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
 
 
@@ -158,23 +178,30 @@ def checkpoint_fingerprint(directory: Path) -> str:
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
     """(1, T) ids holding just the vision blocks, <|vision_start|> pads <|vision_end|> each: what `latents`
-    runs (no tokenizer needed) and what the demo's prompt is built around."""
+    runs (no tokenizer needed) and what the demo's prompt is built around. Qwen3-VL videos are one block
+    per temporal patch, inside an outer <|vision_start|> .. <|vision_end|> (without the timestamp text
+    between the frames: there is no tokenizer here)."""
     ids: list[int] = []
+    start, end = config.vision_start_token_id, config.vision_end_token_id
     for grid_key, pad in (
         ("image_grid_thw", config.image_token_id),
         ("video_grid_thw", config.video_token_id),
     ):
         for t, h, w in inputs.get(grid_key, torch.empty(0, 3)).tolist():
-            tokens = t * h * w // config.vision.merge_size**2
-            ids += [config.vision_start_token_id, *[pad] * tokens, config.vision_end_token_id]
+            per_frame = h * w // config.vision.merge_size**2
+            if pad == config.video_token_id and config.model_type in QWEN3:
+                ids += [start, *[start, *[pad] * per_frame, end] * t, end]
+            else:
+                ids += [start, *[pad] * (t * per_frame), end]
     return torch.tensor([ids])
 
 
 def window_summary(config: Config, grid_thw: Tensor) -> str:
     """e.g. '6 windows of up to 8x8 patches: 4 x 64, 2 x 32 patches'; Qwen2-VL attends per frame."""
     v = config.vision
-    if v.family == "qwen2_vl":
-        return f"none (Qwen2-VL: every block attends to the whole frame, {int(grid_thw[0, 1] * grid_thw[0, 2])} patches)"
+    if v.family != "qwen2_5_vl":
+        name = "Qwen2-VL" if v.family == "qwen2_vl" else "Qwen3-VL"
+        return f"none ({name}: every block attends to the whole frame, {int(grid_thw[0, 1] * grid_thw[0, 2])} patches)"
     _, sizes = window_unit_order(grid_thw, v.window_merged, v.merge_size)
     side = v.window_merged * v.merge_size
     counts = ", ".join(f"{n} x {size}" for size, n in sorted(Counter(sizes).items(), reverse=True))

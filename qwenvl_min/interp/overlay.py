@@ -27,12 +27,15 @@ def frames_from_patches(
     patch_size: int = 14,
     temporal_patch_size: int = 2,
     merge_size: int = 2,
+    image_mean: tuple[float, ...] = IMAGE_MEAN,
+    image_std: tuple[float, ...] = IMAGE_STD,
 ) -> np.ndarray:
-    """Undo patchify + normalize for one image/video: rows (t*h*w, C*T*P*P) -> uint8 frames (t*T, h*P, w*P, C)."""
+    """Undo patchify + normalize for one image/video: rows (t*h*w, C*T*P*P) -> uint8 frames (t*T, h*P, w*P, C).
+    (Qwen3-VL: patch_size 16, mean / std 0.5.)"""
     t, h, w = grid_thw
     p, tp, m = patch_size, temporal_patch_size, merge_size
     x = rows_to_frames(pixel_values.detach().float().cpu().numpy(), (t, h, w), p, tp, m)  # (t*tp, H, W, C)
-    x = x * np.asarray(IMAGE_STD, dtype=np.float32) + np.asarray(IMAGE_MEAN, dtype=np.float32)  # in [0, 1]
+    x = x * np.asarray(image_std, dtype=np.float32) + np.asarray(image_mean, dtype=np.float32)  # in [0, 1]
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
