@@ -200,6 +200,10 @@ class TextConfig:
                 f"text config: mrope_section {list(self.mrope_section)} must have 3 parts summing to head_dim/2 = "
                 f"{self.head_dim // 2}"
             )
+        # the rotary setting as one string (not a field): what traced code reads (rope.mrope_table)
+        sections = ",".join(str(s) for s in self.mrope_section)
+        key = f"{self.head_dim}|{float(self.rope_theta)!r}|{sections}|{self.mrope_axes}"
+        object.__setattr__(self, "rope_key", key)
 
     @property
     def head_dim(self) -> int:

@@ -35,7 +35,11 @@ from .config import TextConfig
 
 def _local(weight: Tensor) -> Tensor:
     """This rank's shard of a tensor-parallel (DTensor) parameter; the tensor itself otherwise."""
-    return weight.to_local() if hasattr(weight, "to_local") else weight
+    if not torch.distributed.is_available():  # builds without distributed support have no DTensor
+        return weight
+    from torch.distributed.tensor import DTensor
+
+    return weight.to_local() if isinstance(weight, DTensor) else weight
 
 
 def grouped_swiglu(rows: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:

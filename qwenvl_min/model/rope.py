@@ -129,14 +129,19 @@ def mrope_table(positions: Tensor, config: TextConfig, dtype: torch.dtype) -> tu
 
     angle[b, t, j] = positions[axis(j), b, t] * inv_freq[j], where axis(j) comes from the config's
     `mrope_axes` (see MROPE_AXES)."""
-    setting = (config.head_dim, config.rope_theta, config.mrope_section, config.mrope_axes)
     if torch.compiler.is_compiling():
         # traced, the axis assignments' index arithmetic has data-dependent sizes: the graph takes the values as
-        # constants instead (computed once, while tracing)
-        freq_values, axis_values = _mrope_constant_values(*setting)
+        # constants instead (computed once, while tracing). They go through one string: when a second model
+        # with another head_dim is traced in the process, dynamo turns the changed ints into symbols, which a
+        # constant function cannot take; str() of a symbol is its value (dynamo specializes it)
+        key = (
+            f"{config.head_dim}|{float(config.rope_theta)!r}|{','.join(str(s) for s in config.mrope_section)}"
+        )
+        freq_values, axis_values = _mrope_constant_values(f"{key}|{config.mrope_axes}")
         inv_freq = torch.tensor(freq_values, dtype=torch.float32, device=positions.device)
         axis_of_freq = torch.tensor(axis_values, dtype=torch.int64, device=positions.device)
     else:
+        setting = (config.head_dim, config.rope_theta, config.mrope_section, config.mrope_axes)
         inv_freq, axis_of_freq = _mrope_constants(*setting, positions.device)
     per_freq = positions.permute(1, 2, 0).index_select(-1, axis_of_freq)  # (3, B, T) -> (B, T, R)
     angles = per_freq.to(torch.float32) * inv_freq  # (B, T, R), contiguous
@@ -159,9 +164,10 @@ def _mrope_constants(
 
 
 @torch.compiler.assume_constant_result
-def _mrope_constant_values(
-    head_dim: int, theta: float, mrope_section: tuple[int, ...], axes: str
-) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """`_mrope_constants` as Python numbers (fp32 values are exact as Python floats)."""
-    inv_freq, axis_of_freq = _mrope_constants(head_dim, theta, mrope_section, axes, torch.device("cpu"))
+def _mrope_constant_values(key: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """`_mrope_constants` as Python numbers (fp32 values are exact as Python floats), for the setting
+    "head_dim|theta|section,section,section|axes" (`TextConfig.rope_key`)."""
+    head_dim, theta, section, axes = key.split("|")
+    setting = (int(head_dim), float(theta), tuple(int(s) for s in section.split(",")), axes)
+    inv_freq, axis_of_freq = _mrope_constants(*setting, torch.device("cpu"))
     return tuple(inv_freq.tolist()), tuple(axis_of_freq.tolist())

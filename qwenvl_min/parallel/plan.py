@@ -1,4 +1,4 @@
-"""The tensor-parallel plan of both families over the module tree, applied with DTensor.
+"""The tensor-parallel plan of every family over the module tree, applied with DTensor.
 
 `parallelize(model, mesh)` shards a `QwenVL` over a 1-D device mesh of `tp` ranks with
 `torch.distributed.tensor.parallel.parallelize_module` (the torchtitan recipe: column-parallel projections
@@ -11,16 +11,18 @@ into a block, a row-parallel projection out of it, one all-reduce per pair):
 | visual.blocks.{i}.mlp.fc1 / gate, up     | ColwiseParallel        | Shard(0)                | -                |
 | visual.blocks.{i}.mlp.fc2 / down         | RowwiseParallel        | Shard(1)                | all-reduce (N,D) |
 | visual.merger.fc1 / fc2                  | Colwise / Rowwise      | Shard(0) / Shard(1)     | all-reduce (M,E) |
+| visual.deepstack_mergers.{k}.fc1 / fc2   | Colwise / Rowwise      | Shard(0) / Shard(1)     | all-reduce (M,E) |
 | text.embed_tokens                        | RowwiseParallel        | Shard(0) (vocab)        | all-reduce (B,T,E)|
 | text.layers.{i}.attn.q_proj              | ColwiseParallel        | Shard(0) (heads)        | -                |
 | text.layers.{i}.attn.k_proj / v_proj     | Colwise or KVHeadReplicated | Shard(0) / Replicate | -             |
 | text.layers.{i}.attn.o_proj              | RowwiseParallel        | Shard(1)                | all-reduce (B,T,E)|
 | text.layers.{i}.mlp.gate/up, down        | Colwise, Rowwise       | Shard(0), Shard(1)      | all-reduce (B,T,E)|
+| text.layers.{i}.mlp.experts (MoE)        | ExpertsSharded         | gate_up _StridedShard(1, sf=2), down Shard(2) | all-reduce (S,E) |
 | lm_head (untied)                         | ColwiseParallel -> Replicate | Shard(0) (vocab)  | all-gather (B,T,V)|
 | tied head (`lm_head`, a `TiedLMHead`)   | the embedding's Shard(0) rows | -                | all-gather (B,T,V)|
 
-Everything else (patch embedding, norms) is replicated: small, and every rank needs the full activations
-between blocks anyway. Activations between modules are plain local tensors (`use_local_output`), so the
+Everything else (patch embedding, learned positions, norms, Qwen3's per-head q / k norms, the MoE router) is
+replicated: small, and every rank needs the full activations between blocks anyway. Activations between modules are plain local tensors (`use_local_output`), so the
 model code runs unchanged on local heads: rotary, the attention functions (torch path and the Triton
 kernels), the KV cache (it stores this rank's kv heads) and generation (every rank gets the full logits
 and picks the same token).
@@ -31,6 +33,12 @@ each chunk, concatenate the pieces": rank r holds rows [q_r | k_r | v_r] (its he
 exactly the weight view (3, heads, head_dim, D) sharded on heads, and `full_tensor()` is still the
 original weight. The local output (N, 3*D/tp) keeps the [q | k | v] layout the module's `view(n, 3, -1,
 head_dim)` expects. (`_StridedShard` is private in torch 2.13; tests cover it on the pinned version.)
+
+MoE experts (Qwen3-VL-MoE) are sharded on their width I: the fused gate_up_proj (n, 2I, E) holds [gate |
+up] rows per expert, so `_StridedShard(1, split_factor=2)` gives rank r [gate_r | up_r] (its columns of
+both), and down_proj (n, E, I) is `Shard(2)`: each rank runs every chosen expert on its slice of I and
+the partial outputs are summed (one all-reduce per sparse layer). Routing is replicated, so every rank
+picks the same experts.
 
 GQA: with G kv heads, `tp` dividing G shards k/v by heads (query head i keeps using kv head i // (H/G)
 locally). With `tp` a multiple of G, each rank's H/tp query heads all use one kv head, r // (tp/G): k/v
@@ -44,7 +52,7 @@ from functools import partial
 
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from torch.distributed.tensor.parallel.style import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
@@ -76,6 +84,8 @@ def check_tp_degree(config: Config, tp: int) -> None:
         ("text intermediate_size", t.intermediate_size),
         ("text vocab_size", t.vocab_size),
     ]
+    if t.moe is not None:
+        dims.append(("MoE expert width (moe_intermediate_size)", t.moe.expert_hidden))
     for what, size in dims:
         if size % tp:
             raise TensorParallelError(
@@ -132,6 +142,25 @@ class KVHeadReplicated(ParallelStyle):
         return distribute_module(module, device_mesh, None, self._input_fn, self._output_fn)
 
 
+class ExpertsSharded(ParallelStyle):
+    """The fused MoE experts sharded on their width (see the module docstring): the local gate_up rows are
+    [gate_r | up_r], the local down columns the matching r-th slice, and the experts' output, a partial
+    sum on every rank, is all-reduced. Inputs (tokens, routing) arrive replicated as plain tensors."""
+
+    def _partition(self, name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        for key, placement in (("gate_up_proj", _StridedShard(1, split_factor=2)), ("down_proj", Shard(2))):
+            param = getattr(module, key)
+            shard = distribute_tensor(param, device_mesh, [placement], src_data_rank=self.src_data_rank)
+            module.register_parameter(key, nn.Parameter(shard, requires_grad=param.requires_grad))
+
+    def _output_fn(self, mod: nn.Module, outputs: Tensor, device_mesh: DeviceMesh) -> Tensor:
+        partial = DTensor.from_local(outputs, device_mesh, [Partial()], run_check=False)
+        return partial.redistribute(placements=[Replicate()]).to_local()
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return distribute_module(module, device_mesh, self._partition, None, self._output_fn)
+
+
 # ---- the plan ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TapShard:
@@ -143,6 +172,7 @@ class TapShard:
 
     kind: str
     group: int = 1  # kv_head: ranks sharing one kv head (tp / G)
+    dim: int = -1  # "last" / "kv_head": the sharded dim (-2: the heads of a per-head view, Qwen3's q/k norms)
 
 
 def tp_plan(config: Config, tp: int, rank: int) -> dict[str, ParallelStyle]:
@@ -153,15 +183,18 @@ def tp_plan(config: Config, tp: int, rank: int) -> dict[str, ParallelStyle]:
         block = f"visual.blocks.{i}"
         plan[f"{block}.attn.qkv"] = FusedQKVColwise()
         plan[f"{block}.attn.proj"] = RowwiseParallel()
-        if config.vision.family == "qwen2_vl":
+        if config.vision.family in ("qwen2_vl", "qwen3_vl"):
             plan[f"{block}.mlp.fc1"] = ColwiseParallel()
             plan[f"{block}.mlp.fc2"] = RowwiseParallel()
         else:
             plan[f"{block}.mlp.gate_proj"] = ColwiseParallel()
             plan[f"{block}.mlp.up_proj"] = ColwiseParallel()
             plan[f"{block}.mlp.down_proj"] = RowwiseParallel()
-    plan["visual.merger.fc1"] = ColwiseParallel()
-    plan["visual.merger.fc2"] = RowwiseParallel()
+    for merger in ["visual.merger"] + [
+        f"visual.deepstack_mergers.{k}" for k in range(len(config.vision.deepstack_indexes))
+    ]:
+        plan[f"{merger}.fc1"] = ColwiseParallel()
+        plan[f"{merger}.fc2"] = RowwiseParallel()
     # vocab-parallel embedding: each rank looks up the ids in its rows (others masked to 0), all-reduce
     plan["text.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
     sharded_kv = kv_heads_sharded(config, tp)
@@ -175,6 +208,9 @@ def tp_plan(config: Config, tp: int, rank: int) -> dict[str, ParallelStyle]:
                 else KVHeadReplicated(rank // (tp // config.text.num_kv_heads), config.text.head_dim)
             )
         plan[f"{layer}.attn.o_proj"] = RowwiseParallel()
+        if config.text.is_sparse(i):
+            plan[f"{layer}.mlp.experts"] = ExpertsSharded()
+            continue
         plan[f"{layer}.mlp.gate_proj"] = ColwiseParallel()
         plan[f"{layer}.mlp.up_proj"] = ColwiseParallel()
         plan[f"{layer}.mlp.down_proj"] = RowwiseParallel()
@@ -200,6 +236,14 @@ def tap_shards(config: Config, tp: int) -> dict[str, TapShard]:
         shards[f"visual.blocks.{i}.attn.probs"] = TapShard("heads")
     for i in range(config.text.num_layers):
         shards[f"text.layers.{i}.attn.probs"] = TapShard("heads")
+        if config.text.qk_norm:  # (B, T, local heads, Dh) in and out: the heads are sharded (dim -2)
+            k_shard = (
+                TapShard("last", dim=-2)
+                if kv_heads_sharded(config, tp)
+                else TapShard("kv_head", tp // config.text.num_kv_heads, dim=-2)
+            )
+            for name, shard in (("q_norm", TapShard("last", dim=-2)), ("k_norm", k_shard)):
+                shards[f"text.layers.{i}.attn.{name}"] = shards[f"text.layers.{i}.attn.{name}.input"] = shard
     return shards
 
 

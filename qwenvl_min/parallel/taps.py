@@ -37,13 +37,13 @@ def gather_full(shard: TapShard, local: Any, group: dist.ProcessGroup) -> Any:
         return SegmentMaps(probs, local.token_index)
     if shard.kind == "heads":
         return torch.cat(_gather(local, 1, group), dim=1)
-    pieces = _gather(local, -1, group)
+    pieces = _gather(local, shard.dim, group)
     if shard.kind == "qkv":  # each piece is [q_r | k_r | v_r]: regroup as [q | k | v]
         split = [p.unflatten(-1, (3, -1)) for p in pieces]
         return torch.cat(split, dim=-1).flatten(-2)
     if shard.kind == "kv_head":  # ranks r*group .. (r+1)*group - 1 hold the same kv head
         pieces = pieces[:: shard.group]
-    return torch.cat(pieces, dim=-1)
+    return torch.cat(pieces, dim=shard.dim)
 
 
 def local_part(shard: TapShard, full: Any, rank: int, tp: int) -> Any:
@@ -55,8 +55,8 @@ def local_part(shard: TapShard, full: Any, rank: int, tp: int) -> Any:
     if shard.kind == "qkv":
         return full.unflatten(-1, (3, -1)).chunk(tp, dim=-1)[rank].flatten(-2)
     if shard.kind == "kv_head":
-        return full.chunk(tp // shard.group, dim=-1)[rank // shard.group]
-    return full.chunk(tp, dim=-1)[rank]
+        return full.chunk(tp // shard.group, dim=shard.dim)[rank // shard.group]
+    return full.chunk(tp, dim=shard.dim)[rank]
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,13 @@ def _free_port() -> int:
 
 
 def _hf_checkpoint(directory: Path, cfg: Config, seed: int) -> Path:
-    """Random weights in the published HF layout, sharded with an index (a tied model stores lm_head)."""
+    """Random weights in the published HF layout, sharded with an index (a tied model stores lm_head;
+    MoE experts are stored transposed, as the published Qwen3-VL-MoE files hold them)."""
     model = QwenVL(cfg, kernels="torch")
     randomize_(model, seed)
     state = {k: v.contiguous() for k, v in our_state_dict_to_hf(cfg, model.state_dict()).items()}
+    for key in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        state[key] = state[key].transpose(1, 2).contiguous()
     if cfg.text.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
     directory.mkdir(parents=True)
@@ -59,6 +62,7 @@ def _hf_checkpoint(directory: Path, cfg: Config, seed: int) -> Path:
 
 def _prepare(work: Path) -> None:
     _hf_checkpoint(work / "hf", tiny_config("qwen2_vl", tied=True), seed=4)
+    _hf_checkpoint(work / "hf_moe", tiny_config("qwen3_vl_moe", tied=False), seed=6)
     source = _hf_checkpoint(work / "hf25", tiny_config("qwen2_5_vl", tied=False), seed=5)
     assert main(["convert", str(source), str(work / "ours"), "--no-progress"]) == 0
     word_level_tokenizer(work / "ours" / "tokenizer.json", Config.preset("tiny-qwen2.5-vl"))
@@ -107,7 +111,13 @@ def two_ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
     return work, [json.loads((work / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-CASES = ["qwen2_5_vl.untied", "qwen2_vl.tied", "qwen2_5_vl.tied.kv1"]
+CASES = [
+    "qwen2_5_vl.untied",
+    "qwen2_vl.tied",
+    "qwen2_5_vl.tied.kv1",
+    "qwen3_vl.untied",
+    "qwen3_vl_moe.untied",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -130,7 +140,7 @@ def test_tp2_matches_one_process(two_ranks, case):
 def test_sharded_loading_matches_the_full_model(two_ranks):
     _, results = two_ranks
     for result in results:
-        for tag in ("load_hf", "load_ours"):
+        for tag in ("load_hf", "load_ours", "load_hf_moe"):
             assert result["diffs"][f"{tag}.logits"] <= TOLERANCE
             assert result["equal"][f"{tag}.local_params_below_full"]
 

@@ -44,9 +44,11 @@ def record(name: str, a, b) -> None:
 def prompt(cfg, seed: int):
     """A left-padded batch of two rows with two images and a video."""
     rows = [
-        [("pad", 14), 2, ("image", (1, 8, 12)), 3],
+        [2, ("image", (1, 8, 12)), 3],
         [2, ("video", (2, 8, 8)), 2, ("image", (1, 4, 4)), 1],
     ]
+    lengths = [make_prompt(cfg, [row]).input_ids.shape[1] for row in rows]  # Qwen3 videos are longer
+    rows[0].insert(0, ("pad", lengths[1] - lengths[0]))
     seconds = [1.0] if cfg.model_type == "qwen2_5_vl" else None
     return make_prompt(cfg, rows, seed=seed, second_per_grid_ts=seconds)
 
@@ -57,16 +59,22 @@ def model_checks(tag: str, cfg, mesh) -> None:
     tp = parallelize(copy.deepcopy(ref), mesh)
     p = prompt(cfg, seed=1)
     ids, kw = p.input_ids, p.ours()
+    dense = [i for i in range(cfg.text.num_layers) if not cfg.text.is_sparse(i)]  # MoE: layer 1 only
     sharded = [
         "visual.blocks.0.attn.qkv",
         "visual.blocks.1.attn.probs",
         "visual.blocks.2.attn.proj.input",
         "text.layers.0.attn.k_proj",
         "text.layers.1.attn.probs",
-        "text.layers.2.mlp.down_proj.input",
-        "text.layers.0.mlp.gate_proj.input",  # a full tensor that arrives as a Replicate DTensor
+        f"text.layers.{dense[-1]}.mlp.down_proj.input",
+        f"text.layers.{dense[0]}.mlp.gate_proj.input",  # a full tensor that arrives as a Replicate DTensor
     ]
     full = ["visual.merger.input", "visual.merger", "text.norm"]
+    if cfg.vision.deepstack_indexes:  # Qwen3-VL: DeepStack mergers like the main one, q/k norms replicated
+        sharded += ["visual.deepstack_mergers.1.fc1"]
+        full += ["visual.deepstack_mergers.0", "text.layers.0.deepstack.input", "text.layers.1.attn.k_norm"]
+    if cfg.text.moe is not None:  # experts sharded on their width, their output all-reduced
+        full += ["text.layers.0.mlp.router", "text.layers.2.mlp.experts", "text.layers.2.mlp.experts.input"]
     full += [f"text.layers.{i}" for i in range(cfg.text.num_layers)]
     names = full + sharded
     with torch.inference_mode():
@@ -78,7 +86,9 @@ def model_checks(tag: str, cfg, mesh) -> None:
         record(f"{tag}.logits", a[valid], b[valid])
         for name in names:
             x, y = want.cache[name], got.cache[name]
-            if name.startswith("text.") and not name.endswith(".probs"):
+            if ".mlp.experts" in name:  # the experts see the tokens flattened: (B * T, E)
+                x, y = x[valid.reshape(-1)], y[valid.reshape(-1)]
+            elif name.startswith("text.") and not name.endswith(".probs"):
                 x, y = x[valid], y[valid]  # padded slots hold anything
             elif name.endswith(".probs") and name.startswith("text."):
                 x, y = x * valid[:, None, :, None], y * valid[:, None, :, None]
@@ -137,6 +147,7 @@ def load_checks(work: Path, mesh) -> None:
     for tag, path, reference in (
         ("load_hf", work / "hf", lambda: QwenVL.from_hf(*_hf_dir(work / "hf"))),
         ("load_ours", work / "ours", lambda: load(work / "ours")),
+        ("load_hf_moe", work / "hf_moe", lambda: QwenVL.from_hf(*_hf_dir(work / "hf_moe"))),  # hub layout
     ):
         ref = reference().eval()
         ref.set_kernels("torch")
@@ -189,7 +200,12 @@ def main() -> None:
     torch.manual_seed(0)
     context = init_distributed("cpu")
     mesh = tp_mesh(context, 2)
-    for family, tied in (("qwen2_5_vl", False), ("qwen2_vl", True)):
+    for family, tied in (
+        ("qwen2_5_vl", False),
+        ("qwen2_vl", True),
+        ("qwen3_vl", False),
+        ("qwen3_vl_moe", False),
+    ):
         model_checks(f"{family}.{'tied' if tied else 'untied'}", tiny_config(family, tied), mesh)
     # one kv head for two ranks: k/v replicated, each rank keeps the head its query heads use
     cfg = tiny_config("qwen2_5_vl", True)
