@@ -1,6 +1,7 @@
 """Vision tower speed and memory: ours (torch path) vs transformers (sdpa, eager), same weights.
 
-Real-size towers (Qwen2.5-VL-7B and Qwen2-VL-7B: depth 32, width 1280, 16 heads) with random weights,
+Real-size towers (Qwen2.5-VL-7B and Qwen2-VL-7B: depth 32, width 1280, 16 heads; Qwen3-VL-8B: depth 27,
+width 1152, 16 heads, patch 16, learned positions and 3 DeepStack mergers) with random weights,
 images of 448x448 and 896x896 (plus 1344x1344 on a GPU). Every implementation runs in this one process,
 alternating, on the same weight tensors (ours is loaded from HF's state dict without copying).
 Reported per (tower, size, implementation): median forward time, ratio to HF sdpa, peak memory above
@@ -16,6 +17,8 @@ its warm-up forward at the measured size (the compile) is timed and reported sep
     python benchmarks/bench_vision_tower.py                 # both towers, 448 and 896, 2 repetitions
     python benchmarks/bench_vision_tower.py --sizes 448 --reps 3 --towers qwen2.5-vl-7b
     python benchmarks/bench_vision_tower.py --sizes 896 --impls ours,hf-sdpa --compile --no-fresh-memory
+    python benchmarks/bench_vision_tower.py --towers qwen3-vl-8b --impls ours,hf-sdpa \
+        --out benchmarks/results/vision_tower-qwen3-vl-8b.json
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import torch
 
 from qwenvl_min import Config
 from qwenvl_min.model.vision import VisionTower
+from qwenvl_min.model.vision_qwen3 import Qwen3VisionTower
 from qwenvl_min.weights_convert import hf_key_to_ours
+from qwenvl_min.weights_convert.mapping import hf_tensor_to_ours
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,6 +85,11 @@ class PeakMemory:
         self.peak_bytes = max(self._max, self._rss()) - self._base
 
 
+def tower_class(config: Config) -> type[torch.nn.Module]:
+    """Our tower for a config: the Qwen3-VL one (learned positions, DeepStack) or the Qwen2 families'."""
+    return Qwen3VisionTower if config.vision.family == "qwen3_vl" else VisionTower
+
+
 def build_towers(
     preset: str,
     device: torch.device,
@@ -117,6 +127,9 @@ def build_towers_for(
     if config.model_type == "qwen2_vl":
         hf_cfg = transformers.Qwen2VLVisionConfig(**hf_vision)
         hf_cls = transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VisionTransformerPretrainedModel
+    elif config.vision.family == "qwen3_vl":
+        hf_cfg = transformers.models.qwen3_vl.configuration_qwen3_vl.Qwen3VLVisionConfig(**hf_vision)
+        hf_cls = transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLVisionModel
     else:
         hf_cfg = transformers.Qwen2_5_VLVisionConfig(**hf_vision)
         hf_cls = transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel
@@ -128,12 +141,12 @@ def build_towers_for(
         return hf, None, config
     state = {hf_key_to_ours("visual." + k, config.model_type): v for k, v in hf.state_dict().items()}
     state = {
-        k.removeprefix("visual."): v.reshape(v.shape[0], -1) if k == "visual.patch_embed.weight" else v
+        k.removeprefix("visual."): hf_tensor_to_ours(config, k, v)  # the patch embedding: a view
         for k, v in state.items()
         if k is not None
     }
     with torch.device("meta"):
-        ours = VisionTower(config.vision, kernels)
+        ours = tower_class(config)(config.vision, kernels)
     ours.load_state_dict(state, strict=True, assign=True)  # shares HF's tensors: no second copy
     return hf, ours.eval(), config
 
@@ -143,16 +156,17 @@ def matmul_flops(config: Config, grid: torch.Tensor) -> float:
     v = config.vision
     n = int(grid.prod(dim=1).sum())
     d, f = v.width, v.mlp_hidden
-    mlp = 2 * n * d * f * (2 if v.family == "qwen2_vl" else 3)
+    mlp = 2 * n * d * f * (3 if v.family == "qwen2_5_vl" else 2)
     per_block_linear = 2 * n * d * 3 * d + 2 * n * d * d + mlp
     frame = int(grid[0, 1] * grid[0, 2])
     full_l2 = n * frame  # sum over frame segments of L^2 (one frame per image here)
-    window_l2 = sum(size * size for size in _window_sizes(config, grid))
+    window_l2 = sum(size * size for size in _window_sizes(config, grid)) if v.family == "qwen2_5_vl" else 0
     attention = 0
     for block in range(v.depth):
         attention += 4 * d * (full_l2 if v.is_full_attention(block) else window_l2)
     merged = d * v.merge_size**2
     merger = 2 * (n // 4) * merged * merged + 2 * (n // 4) * merged * v.out_width
+    merger *= 1 + len(v.deepstack_indexes)  # Qwen3-VL's DeepStack mergers have the main one's shapes
     return v.depth * per_block_linear + attention + merger + 2 * n * v.patch_dim * d
 
 
@@ -223,7 +237,7 @@ def compiled(ours: VisionTower) -> VisionTower:
     """A second tower on `ours`'s weight tensors with every block compiled (built once per tower)."""
     if id(ours) not in _COMPILED:
         with torch.device("meta"):
-            twin = VisionTower(ours.config)
+            twin = type(ours)(ours.config)
         twin.load_state_dict(ours.state_dict(), strict=True, assign=True)  # shares the tensors
         for block in twin.blocks:
             block.compile()
@@ -242,7 +256,7 @@ def child_memory(preset: str, impl: str, side: int) -> None:
     config = Config.preset(preset)
     torch.manual_seed(0)
     if impl.startswith("ours"):
-        tower = VisionTower(config.vision).eval()
+        tower = tower_class(config)(config.vision).eval()
     else:
         hf, _, _ = build_towers(preset, device, with_ours=False)
         tower = hf

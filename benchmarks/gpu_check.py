@@ -58,10 +58,10 @@ class Step:
 
 STEPS = (
     Step("install", 40, None),
-    Step("kernel_tests", 110, None),
+    Step("kernel_tests", 100, None),
     Step("rotary", 50, "gpu_check_rotary.py"),
-    Step("window_attention", 70, "gpu_check_attention.py"),
-    Step("vision_tower", 130, "gpu_check_tower.py"),
+    Step("window_attention", 60, "gpu_check_attention.py"),
+    Step("vision_tower", 150, "gpu_check_tower.py"),
     Step("decode", 60, "gpu_check_decode.py"),
     Step("plots", 15, None),
 )

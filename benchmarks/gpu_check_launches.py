@@ -96,24 +96,30 @@ def tower_launches() -> list[tuple[str, object]]:
     from qwenvl_min.kernels import _registry
     from qwenvl_min.model.geometry import frame_lengths, window_unit_order
 
-    vision = Config.preset(step.PRESET).vision
-    side = step.SIDE_PX // vision.patch_size
-    grid = torch.tensor([[1, side, side]])
-    rotary = _rotary_args((side * side, vision.num_heads, vision.head_dim), vision.num_heads, torch.bfloat16,
-                          torch.float32, fused=True)  # fmt: skip
-    out = [
-        (f"tower step rotary {variant.name}", variant.launch(*rotary))
-        for variant in _registry.variants("rotary")
-    ]
-    windows = window_unit_order(grid, vision.window_merged, vision.merge_size)[1]
-    for name, lengths in (("windows", windows), ("frames", frame_lengths(grid))):
-        q, k, v, o, lse, cu, longest = _attention_args(
-            lengths, vision.num_heads, vision.head_dim, torch.bfloat16
-        )
-        launch = _registry.variant("attention_fwd").launch(
-            q, k, v, o, lse, cu, longest, vision.head_dim**-0.5
-        )
-        out.append((f"tower step attention {name}", launch))
+    out = []
+    for preset, side_px in ((step.PRESET, step.SIDE_PX), (step.QWEN3_PRESET, step.QWEN3_SIDE_PX)):
+        vision = Config.preset(preset).vision
+        side = side_px // vision.patch_size
+        grid = torch.tensor([[1, side, side]])
+        rotary = _rotary_args((side * side, vision.num_heads, vision.head_dim), vision.num_heads, torch.bfloat16,
+                              torch.float32, fused=True)  # fmt: skip
+        out += [
+            (f"tower step {preset} rotary {variant.name}", variant.launch(*rotary))
+            for variant in _registry.variants("rotary")
+        ]
+        layouts = [("frames", frame_lengths(grid))]
+        if vision.family == "qwen2_5_vl":
+            layouts.insert(
+                0, ("windows", window_unit_order(grid, vision.window_merged, vision.merge_size)[1])
+            )
+        for name, lengths in layouts:
+            q, k, v, o, lse, cu, longest = _attention_args(
+                lengths, vision.num_heads, vision.head_dim, torch.bfloat16
+            )
+            launch = _registry.variant("attention_fwd").launch(
+                q, k, v, o, lse, cu, longest, vision.head_dim**-0.5
+            )
+            out.append((f"tower step {preset} attention {name}", launch))
     return out
 
 

@@ -74,16 +74,18 @@ def plot_attention(step: dict, summary: dict, path: Path) -> None:
 
 def plot_tower(step: dict, summary: dict, path: Path) -> None:
     rows = step["rows"]
-    names = [r["impl"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    # e.g. "qwen2.5-7b ours-eager", "qwen3-8b hf-sdpa" (dry run: "qwen3 hf-sdpa")
+    names = [f"{r['tower'].removeprefix('tiny-').replace('-vl', '')} {r['impl']}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     axes[0].bar(names, [r["ms"] for r in rows])
     axes[0].set_ylabel("forward time (ms)")
     axes[1].bar(names, [r["peak_mem_gb"] for r in rows])
     axes[1].set_ylabel("peak memory above baseline (GiB)")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=20, labelsize=8)
-    notes = step["notes"]
-    what = f"vision tower {notes['preset']} {notes['image']} {notes['dtype']}"
+        ax.tick_params(axis="x", rotation=35, labelsize=7)
+    what = "vision towers " + ", ".join(
+        f"{t['preset']} {t['image']} {t['dtype']}" for t in step["notes"]["towers"]
+    )
     fig.suptitle(_title(what, summary), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

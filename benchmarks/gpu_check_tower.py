@@ -1,6 +1,9 @@
 """GPU check, step vision tower: Qwen2.5-VL-7B's tower end to end at 1344x1344 in bf16, ours eager
 (Triton kernels), ours eager on the torch path, ours compiled, and transformers' sdpa tower on the
-same weights (converted through our key mapping, shared, not copied). Time and peak memory.
+same weights (converted through our key mapping, shared, not copied); then Qwen3-VL-8B's tower (27
+blocks of width 1152, head_dim 72, full attention per frame, learned positions, 3 DeepStack mergers)
+at 1344x1344 (84 x 84 patches of 16 px), ours eager both ways and transformers' sdpa (no compile: it
+would double the step's time). Time and peak memory; each row names its tower.
 
     python benchmarks/gpu_check_tower.py --json PATH [--dry-run]
 
@@ -15,9 +18,10 @@ Each implementation is timed on the same pixels, interleaved, `REPS` times (medi
 around the forward); peak memory is the CUDA allocator's peak above the pre-forward level. The outputs
 are compared with transformers' (relative Frobenius error; bf16 math differs in rounding, so this is
 reported, and must only stay below 5e-2, i.e. ~6 bf16 ulps of the typical value: a wrong layout or
-mapping gives ~1). Dry run: the tiny Qwen2.5-VL tower, 112x112, fp32, CPU, kernels interpreted, and
-the aot_eager backend (dynamo and AOT autograd trace the same graph; inductor's CPU codegen would take
-minutes on a small CPU).
+mapping gives ~1; for Qwen3-VL the merged features are compared). Dry run: the tiny Qwen2.5-VL tower at
+112x112 and the tiny Qwen3-VL tower at 128x128, fp32, CPU, kernels interpreted, and the aot_eager
+backend (dynamo and AOT autograd trace the same graph; inductor's CPU codegen would take minutes on a
+small CPU).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from gpu_check_common import parse_step_args, write_step
 STEP = "vision_tower"
 PRESET, SIDE_PX, REPS = "qwen2.5-vl-7b", 1344, 5
 DRY_PRESET, DRY_SIDE_PX, DRY_REPS = "tiny-qwen2.5-vl", 112, 1
+QWEN3_PRESET, QWEN3_SIDE_PX, DRY_QWEN3_PRESET, DRY_QWEN3_SIDE_PX = "qwen3-vl-8b", 1344, "tiny-qwen3-vl", 128
 MAX_RELATIVE_ERROR = 5e-2
 IMPLS = ("ours-eager", "ours-eager-torch", "ours-compiled", "hf-sdpa")
+QWEN3_IMPLS = ("ours-eager", "ours-eager-torch", "hf-sdpa")
 
 
 def _sync(device: torch.device) -> None:
@@ -62,11 +68,31 @@ def _set_kernels(tower: torch.nn.Module, choice: str) -> None:
 
 
 def run(dry_run: bool) -> tuple[list[dict], dict]:
+    """Both towers' rows; notes per tower."""
+    reps = DRY_REPS if dry_run else REPS
+    towers = (
+        (DRY_PRESET, DRY_SIDE_PX, IMPLS) if dry_run else (PRESET, SIDE_PX, IMPLS),
+        (DRY_QWEN3_PRESET, DRY_QWEN3_SIDE_PX, QWEN3_IMPLS)
+        if dry_run
+        else (QWEN3_PRESET, QWEN3_SIDE_PX, QWEN3_IMPLS),
+    )
+    rows, notes = [], []
+    for preset, side_px, impls in towers:
+        tower_rows, tower_notes = run_tower(dry_run, preset, side_px, reps, impls)
+        rows += tower_rows
+        notes.append(tower_notes)
+        if not dry_run:
+            torch.cuda.empty_cache()  # the first tower's weights go before the second is built
+    return rows, {"towers": notes}
+
+
+def run_tower(
+    dry_run: bool, preset: str, side_px: int, reps: int, impls: tuple[str, ...]
+) -> tuple[list[dict], dict]:
     from bench_vision_tower import PeakMemory, build_towers, matmul_flops
 
     device = torch.device("cpu" if dry_run else "cuda")
     dtype = torch.float32 if dry_run else torch.bfloat16
-    preset, side_px, reps = (DRY_PRESET, DRY_SIDE_PX, DRY_REPS) if dry_run else (PRESET, SIDE_PX, REPS)
     hf, ours, config = build_towers(preset, device, dtype=dtype, kernels="triton")
     patches = side_px // config.vision.patch_size
     grid = torch.tensor([[1, patches, patches]])
@@ -81,22 +107,25 @@ def run(dry_run: bool) -> tuple[list[dict], dict]:
         if impl == "hf-sdpa":
             return hf(pixels, grid_thw=hf_grid).pooler_output
         _set_kernels(ours, "torch" if impl == "ours-eager-torch" else "triton")
-        return (compiled if impl == "ours-compiled" else ours)(pixels, grid, layout)
+        out = (compiled if impl == "ours-compiled" else ours)(pixels, grid, layout)
+        return getattr(out, "merged", out)  # Qwen3-VL's tower returns merged and DeepStack features
 
     notes: dict = {"preset": preset, "image": f"{side_px}x{side_px}", "patches": patches * patches,
-                   "dtype": str(dtype)[6:], "reps": reps, "compile": f"torch.compile(tower, dynamic=False, backend={backend!r})"}  # fmt: skip
+                   "dtype": str(dtype)[6:], "reps": reps}  # fmt: skip
+    if "ours-compiled" in impls:
+        notes["compile"] = f"torch.compile(tower, dynamic=False, backend={backend!r})"
     outputs, compile_s = {}, None
     with torch.inference_mode():
-        for impl in IMPLS:  # warm-up: kernels compiled, the tower compiled (timed), allocator primed
+        for impl in impls:  # warm-up: kernels compiled, the tower compiled (timed), allocator primed
             start = time.perf_counter()
             outputs[impl] = forward(impl).float()
             _sync(device)
             if impl == "ours-compiled":
                 compile_s = time.perf_counter() - start
-        times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
-        peaks: dict[str, list[int]] = {impl: [] for impl in IMPLS}
+        times: dict[str, list[float]] = {impl: [] for impl in impls}
+        peaks: dict[str, list[int]] = {impl: [] for impl in impls}
         for _ in range(reps):
-            for impl in IMPLS:
+            for impl in impls:
                 with PeakMemory(device) as memory:
                     times[impl].append(_timed_ms(lambda impl=impl: forward(impl), device))
                 peaks[impl].append(memory.peak_bytes)
@@ -105,10 +134,10 @@ def run(dry_run: bool) -> tuple[list[dict], dict]:
     flops = matmul_flops(config, grid)
     base = statistics.median(times["hf-sdpa"])
     rows = []
-    for impl in IMPLS:
+    for impl in impls:
         ms = statistics.median(times[impl])
         error = ((outputs[impl] - reference).norm() / reference.norm()).item()
-        row = dict(impl=impl, ms=ms, all_ms=times[impl], ratio_vs_hf_sdpa=ms / base,
+        row = dict(tower=preset, impl=impl, ms=ms, all_ms=times[impl], ratio_vs_hf_sdpa=ms / base,
                    peak_mem_gb=max(peaks[impl]) / 2**30, relative_error_vs_hf=error,
                    agrees=error <= MAX_RELATIVE_ERROR, TFLOP_s=flops / (ms * 1e9))  # fmt: skip
         if impl == "ours-compiled":
@@ -123,7 +152,9 @@ def main() -> None:
     rows, notes = run(args.dry_run)
     bad = [r for r in rows if not r["agrees"]]
     write_step(args.json, STEP, args.dry_run, rows, [], {**notes, "findings": bad})
-    print_table(rows, ["impl", "ms", "ratio_vs_hf_sdpa", "peak_mem_gb", "relative_error_vs_hf", "compile_s"])
+    print_table(
+        rows, ["tower", "impl", "ms", "ratio_vs_hf_sdpa", "peak_mem_gb", "relative_error_vs_hf", "compile_s"]
+    )
     if bad:
         raise SystemExit(f"outputs differ from transformers' beyond {MAX_RELATIVE_ERROR}: {bad}")
 

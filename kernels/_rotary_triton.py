@@ -152,11 +152,12 @@ def rotary_launch(
 
 def aot_cases() -> list[tuple[str, tuple]]:
     """Arguments of `rotary_launch` (after the kernel) covering every compute dtype family and both
-    layouts: bf16 and fp32 with fp32 tables (vision), fp16, bf16 and fp32 with same-dtype tables (text
-    M-RoPE). The GPU check launches a subset of these (tests/project/test_gpu_check_aot.py)."""
+    layouts: bf16 and fp32 with fp32 tables (vision; Dh 80 and Qwen3-VL's 72), fp16, bf16 and fp32 with
+    same-dtype tables (text M-RoPE). The GPU check launches a subset of these (tests/project/test_gpu_check_aot.py)."""
     cases = []
     for dtype, table_dtype, lead, head_dim, conjugate in (
         (torch.bfloat16, torch.float32, (8,), 80, False),
+        (torch.bfloat16, torch.float32, (8,), 72, False),  # the Qwen3-VL-8B tower (1152 / 16 heads)
         (torch.float32, torch.float32, (8,), 80, False),
         (torch.float16, torch.float16, (2, 8), 128, True),
         (torch.bfloat16, torch.bfloat16, (2, 8), 128, False),

@@ -348,11 +348,13 @@ def bwd_dq_launch(kernel: Any, q: Tensor, k: Tensor, v: Tensor, do: Tensor, lse:
 
 
 # (dtype, head_dim, max_seqlen): windows and per-frame segments, Dh 80 and the widest Dh, fp32's own tiles;
-# bf16 Dh 80 on windows and frames is what the vision tower and the GPU check launch
+# bf16 Dh 80 on windows and frames is what the Qwen2.5-VL tower and the GPU check launch, bf16 Dh 72 on
+# frames the Qwen3-VL-8B tower's
 _AOT_SHAPES = (
     (torch.float16, 80, 64),
     (torch.bfloat16, 80, 64),
     (torch.bfloat16, 80, 5476),
+    (torch.bfloat16, 72, 7056),
     (torch.bfloat16, 256, 1024),
     (torch.float32, 64, 64),
 )
