@@ -1,17 +1,17 @@
 """The sparse MLP of Qwen3-VL-MoE: a softmax router chooses k experts per token, each expert is a SwiGLU.
 
-Shapes (letters as in docs/design.md, "Shape legend"): B, T, E; here also n (experts), k (experts per
-token), I (expert width), S (tokens, B * T) and P (token-expert pairs, S * k).
+Shapes (letters as in docs/design.md, "Shape legend"): B, T, E, X (experts), k (experts per token),
+I (expert width); the experts see the tokens flattened, B·T rows, and B·T·k token-expert pairs.
 
 For each token x (transformers 5.24's `Qwen3VLMoeTextSparseMoeBlock`, exactly):
-    logits = router(x)                               (n,) in the activation dtype: the `router` tap
+    logits = router(x)                               (X,) in the activation dtype: the `router` tap
     p = softmax(logits) in fp32;  (w, e) = top-k of p;  w = w / sum(w), cast to the activation dtype
     y = sum_j w_j * down_e_j(silu(gate_e_j(x)) * up_e_j(x))
-The weights are stored fused as transformers keeps them in memory: `gate_up_proj` (n, 2I, E), rows
-[gate | up], and `down_proj` (n, E, I). (The published files store both transposed; the key table
+The weights are stored fused as transformers keeps them in memory: `gate_up_proj` (X, 2I, E), rows
+[gate | up], and `down_proj` (X, E, I). (The published files store both transposed; the key table
 transposes them on load, `weights_convert.mapping`.)
 
-The experts run grouped: the P token-expert pairs are sorted by expert and each expert that has pairs
+The experts run grouped: the B·T·k token-expert pairs are sorted by expert and each expert that has pairs
 multiplies all of its rows at once (`grouped_swiglu`), so the cost is that of the chosen experts, with
 one Python step per expert used, never per token. The weighted results go back to pair order and each
 token sums its k rows (fp32 accumulation, one rounding), as transformers' grouped path does.
@@ -43,7 +43,8 @@ def _local(weight: Tensor) -> Tensor:
 
 
 def grouped_swiglu(rows: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
-    """rows (P, E) sorted by expert, counts (n,) rows per expert -> (P, E): expert e's SwiGLU on its rows."""
+    """rows (B·T·k, E) sorted by expert, counts (X,) rows per expert -> (B·T·k, E): expert e's SwiGLU on
+    its rows."""
     out = rows.new_empty(rows.shape[0], down.shape[1])
     start = 0
     for expert, count in enumerate(counts.tolist()):
@@ -66,7 +67,8 @@ def _(rows: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
 
 
 class Experts(nn.Module):
-    """n SwiGLU experts in two fused tensors; forward(x (S, E), experts (S, k), weights (S, k)) -> (S, E)."""
+    """X SwiGLU experts in two fused tensors; forward(x (B·T, E), experts (B·T, k), weights (B·T, k)) ->
+    (B·T, E)."""
 
     def __init__(self, num_experts: int, width: int, expert_hidden: int) -> None:
         super().__init__()
@@ -79,19 +81,19 @@ class Experts(nn.Module):
     def forward(self, x: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
         tokens, k = experts.shape
         gate_up, down = _local(self.gate_up_proj), _local(self.down_proj)
-        pair_expert = experts.reshape(-1)  # (P,)
+        pair_expert = experts.reshape(-1)  # (B·T·k,)
         order = pair_expert.argsort(stable=True)  # pairs grouped by expert
         counts = torch.zeros(gate_up.shape[0], dtype=torch.int64, device=x.device)
-        counts.scatter_add_(0, pair_expert, torch.ones_like(pair_expert))  # (n,) pairs per expert
-        rows = x[order // k]  # (P, E), expert order
+        counts.scatter_add_(0, pair_expert, torch.ones_like(pair_expert))  # (X,) pairs per expert
+        rows = x[order // k]  # (B·T·k, E), expert order
         swiglu = _grouped_swiglu_op if torch.compiler.is_compiling() else grouped_swiglu
-        out = swiglu(rows, counts, gate_up, down) * weights.reshape(-1)[order, None]  # (P, E)
+        out = swiglu(rows, counts, gate_up, down) * weights.reshape(-1)[order, None]  # (B·T·k, E)
         out = torch.empty_like(out).index_copy(0, order, out)  # back to pair order: (token, j)
-        return out.view(tokens, k, -1).sum(1)  # (S, k, E) -> (S, E)
+        return out.view(tokens, k, -1).sum(1)  # (B·T, k, E) -> (B·T, E)
 
 
 class SparseMoE(nn.Module):
-    """`router` (a bias-free Linear(E, n): its output is the router logits) and the `experts`."""
+    """`router` (a bias-free Linear(E, X): its output is the router logits) and the `experts`."""
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
@@ -102,9 +104,9 @@ class SparseMoE(nn.Module):
         self.experts = Experts(config.moe.num_experts, config.hidden_size, config.moe.expert_hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.router(x)  # (B, T, E) -> (B, T, n)
-        probs = logits.reshape(-1, logits.shape[-1]).softmax(dim=-1, dtype=torch.float32)  # (S, n)
-        weights, experts = probs.topk(self.top_k, dim=-1)  # (S, k) each
+        logits = self.router(x)  # (B, T, E) -> (B, T, X)
+        probs = logits.reshape(-1, logits.shape[-1]).softmax(dim=-1, dtype=torch.float32)  # (B·T, X)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (B·T, k) each
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(logits.dtype)
-        out = self.experts(x.reshape(-1, x.shape[-1]), experts, weights)  # (S, E)
+        out = self.experts(x.reshape(-1, x.shape[-1]), experts, weights)  # (B·T, E)
         return out.view(x.shape)
