@@ -64,7 +64,10 @@ class GeluTanhMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        if torch.is_grad_enabled():
+            return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        # inference: the activation in place, in fc1's buffer (see quick_gelu); the same kernel, the same bits
+        return self.fc2(torch.ops.aten.gelu_(self.fc1(x), approximate="tanh"))
 
 
 class SwiGLU(nn.Module):

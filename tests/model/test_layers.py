@@ -91,21 +91,26 @@ def test_vision_rotary_bit_exact(dtype):
     assert torch.equal(q_ours, q_hf) and torch.equal(k_ours, k_hf)
 
 
-def test_inference_mlps_are_bit_identical_to_the_autograd_path():
-    """The in-place inference branches of quick_gelu and SwiGLU compute exactly what the plain ones do."""
-    from qwenvl_min.model.layers import SwiGLU
+@pytest.mark.parametrize("kind", ["swiglu", "gelu_tanh"])
+def test_inference_mlps_are_bit_identical_to_the_autograd_path(kind):
+    """The in-place inference branches of quick_gelu, SwiGLU and the GELU-tanh MLP (Qwen3-VL) compute
+    exactly what the plain ones do; the GELU-tanh one is transformers' gelu_pytorch_tanh."""
+    from qwenvl_min.model.layers import GeluTanhMLP, SwiGLU
 
     torch.manual_seed(0)
     x = torch.randn(33, 64) * 3
-    mlp = SwiGLU(64, 96, bias=True)
+    mlp = SwiGLU(64, 96, bias=True) if kind == "swiglu" else GeluTanhMLP(64, 96)
     with torch.no_grad():
         assert torch.equal(quick_gelu(x), x * torch.sigmoid(1.702 * x))
         fast = mlp(x)
+        if kind == "gelu_tanh":
+            assert torch.equal(fast, mlp.fc2(ACT2FN["gelu_pytorch_tanh"](mlp.fc1(x))))
     with torch.enable_grad():
         reference = mlp(x)
         reference.sum().backward()  # the autograd path still differentiates
     assert torch.equal(fast, reference.detach())
-    assert mlp.gate_proj.weight.grad is not None
+    first = mlp.gate_proj if kind == "swiglu" else mlp.fc1
+    assert first.weight.grad is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
