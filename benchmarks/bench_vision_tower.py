@@ -104,12 +104,17 @@ def build_towers(
 
 def sliced(config: Config, depth: int | None) -> Config:
     """The first `depth` blocks of the tower (full-attention blocks where the real tower has them), at the
-    real widths; None: the whole tower. Qwen2.5-VL-7B at depth 8 keeps the real 7:1 window:full mix."""
+    real widths; None: the whole tower. Qwen2.5-VL-7B at depth 8 keeps the real 7:1 window:full mix;
+    Qwen3-VL keeps the DeepStack mergers of the blocks in the slice."""
     if depth is None:
         return config
     v = config.vision
     full = tuple(i for i in v.fullatt_block_indexes if i < depth)
-    return dataclasses.replace(config, vision=dataclasses.replace(v, depth=depth, fullatt_block_indexes=full))
+    deepstack = tuple(i for i in v.deepstack_indexes if i < depth)  # Qwen3-VL: the levels the slice has
+    return dataclasses.replace(
+        config,
+        vision=dataclasses.replace(v, depth=depth, fullatt_block_indexes=full, deepstack_indexes=deepstack),
+    )
 
 
 def build_towers_for(
