@@ -1,4 +1,4 @@
-"""qwenvl-min: a small, readable PyTorch + Triton reimplementation of Qwen2-VL and Qwen2.5-VL.
+"""qwenvl-min: a small, readable PyTorch + Triton reimplementation of Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE.
 
 The public names below are imported on first use, so `from qwenvl_min import QwenVL` loads the model
 alone (torch and einops), not the image / video / tokenizer stack the inputs need. Where each lives:

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwenvl_min.weights_convert",
-        description="Convert Qwen2-VL / Qwen2.5-VL checkpoints between the Hugging Face format and qwenvl-min's.",
+        description="Convert Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints between the Hugging Face format and qwenvl-min's.",
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,4 +1,4 @@
-"""File conversion between Hugging Face Qwen2-VL / Qwen2.5-VL checkpoints and ours, both directions.
+"""File conversion between Hugging Face Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints and ours, both directions.
 
 `convert_checkpoint(src, dst)`: an HF checkpoint (directory or hub id; either key naming, flat or nested
 config.json) -> our format. `export_to_hf(src, dst)`: ours -> the published HF naming, which
@@ -106,7 +106,7 @@ def convert_checkpoint(
     force: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint (local directory or hub id) to our format at `dst`.
+    """Convert an HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (local directory or hub id) to our format at `dst`.
 
     dtype: cast floating tensors (default: keep each source dtype). shard_size: bytes or "5GB"/"2GiB".
     progress: a bar (None: by `qwenvl_min.utils.progress`'s rule: on a terminal, unless quieted). Returns the absolute path of `dst`.

@@ -37,7 +37,7 @@ from .support import CliError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qwenvl-min", description="Qwen2-VL / Qwen2.5-VL in small, readable PyTorch"
+        prog="qwenvl-min", description="Qwen2-VL / Qwen2.5-VL / Qwen3-VL in small, readable PyTorch"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     _add_verbosity(parser, default=0)

@@ -442,7 +442,7 @@ def prepare_vision(
 
     `max_tokens` bounds the vision tokens of all items together (checked before a video is decoded);
     `fetch` sets the timeout and size cap of http(s) downloads. Patch / merge sizes are the model's
-    (Qwen2-VL / Qwen2.5-VL: 14 and 2, so sides are multiples of 28).
+    (Qwen2-VL / Qwen2.5-VL: 14 and 2, so sides are multiples of 28; Qwen3-VL: 16 and 2, multiples of 32).
     """
     patch_size = positive_int("patch_size", patch_size)
     merge_size = positive_int("merge_size", merge_size)

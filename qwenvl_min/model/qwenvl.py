@@ -141,7 +141,7 @@ class QwenVL(nn.Module):
     ) -> ForwardOutput:
         """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
 
-        Takes every key of transformers' Qwen2-VL / Qwen2.5-VL processor output and of ours
+        Takes every key of transformers' Qwen2-VL / Qwen2.5-VL / Qwen3-VL processor output and of ours
         (`model(**batch)`); the five vision keys become one `VisionInputs`, or pass one as `vision=`.
         `mm_token_type_ids` is checked against input_ids, `second_per_grid_ts` on Qwen2-VL is checked and
         not used (see `qwenvl_min.model.vision_inputs`). `labels` (B, T) adds `.loss`, the mean next-token

@@ -1,6 +1,6 @@
 """Beyond one process: tensor parallelism over DTensor, sharded loading, torchrun entry points.
 
-- `plan`: the TP plan of both families (`parallelize(model, mesh)`, `check_tp_degree`).
+- `plan`: the TP plan of every family (`parallelize(model, mesh)`, `check_tp_degree`).
 - `sharded_load`: `load_sharded(path, mesh)`, each rank reading only its slices.
 - `taps`: taps on a TP model return / take the single-process tensors.
 - `launch`: joining a torchrun job (`init_distributed`, `tp_mesh`), gloo on CPU, NCCL on CUDA.
