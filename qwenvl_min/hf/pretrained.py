@@ -32,13 +32,13 @@ from torch import Tensor
 from ..generate.settings import generation_settings
 from ..model.config import Config, ConfigError
 from ..model.qwenvl import QwenVL
-from ..utils.devices import check_device
 from ..weights_convert.checkpoint import CONFIG_FILE, CheckpointError, is_converted, read_json, scan_weights
 from ..weights_convert.convert import DTYPE_CHOICES, resolve_source
 from ..weights_convert.mapping import MappingError, hf_state_dict_to_ours, hf_tensor_to_ours, plan_hf_to_ours
 from ..weights_convert.numerics import LOADABLE
 from ..weights_convert.safetensors_io import TensorInfo
 from .load import load
+from .load_options import device_option, dtype_option, kernels_option
 
 _PAGE = mmap.PAGESIZE
 
@@ -47,18 +47,28 @@ def from_pretrained(
     path_or_hub_id: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     verify: bool = False,
+    torch_dtype: str | torch.dtype | None = None,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
 ) -> QwenVL:
     """A QwenVL in eval mode; `model.checkpoint_dir` is the resolved directory and
     `model.generation_settings` its generation_config.json (the defaults of `qwenvl_min.generate`); its
     processor files and chat template are read by `qwenvl_min.Processor.from_pretrained`.
 
     dtype: "auto" (the dtype config.json names, else as stored), a torch floating dtype, or one of
-    "float32", "bfloat16", "float16". device: where the weights end up ("cpu", "cuda", "cuda:1").
-    verify: check the sha256 of every shard of a converted checkpoint against its manifest (HF
+    "float32", "bfloat16", "float16". device: where the weights end up ("cpu", the default, "cuda",
+    "cuda:1"). verify: check the sha256 of every shard of a converted checkpoint against its manifest (HF
     checkpoints have no manifest: asking for it there is an error).
+
+    transformers' spellings (`qwenvl_min.hf.load_options`): torch_dtype (= dtype), device_map (one device,
+    "auto" included), attn_implementation ("sdpa" / "eager": the torch path, "flash_attention_2": the
+    Triton kernels on CUDA).
     """
+    dtype = dtype_option(dtype, torch_dtype)
+    device = device_option(device, device_map)
+    kernels = kernels_option(attn_implementation, device)
     directory, _ = resolve_source(path_or_hub_id)
     config_json = read_json(directory / CONFIG_FILE, "the model config")
     if is_converted(config_json):
@@ -71,6 +81,8 @@ def from_pretrained(
                 "checks the checksums our converter records); drop verify"
             )
         model = _from_hf_directory(directory, config_json, dtype, device)
+    if kernels is not None:
+        model.set_kernels(kernels)
     model.checkpoint_dir = directory
     model.generation_settings = generation_settings(directory)
     return model
@@ -121,16 +133,12 @@ def _requested_dtype(dtype: str | torch.dtype, named: object, directory: Path) -
 
 
 def _from_hf_directory(
-    directory: Path, config_json: dict, dtype: str | torch.dtype, device: str | torch.device
+    directory: Path, config_json: dict, dtype: str | torch.dtype, target_device: torch.device
 ) -> QwenVL:
     try:
         config = Config.from_hf(config_json)
     except ConfigError as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
-    try:
-        target_device = check_device(device, option="device")
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
     named = config_json.get("dtype", config_json.get("torch_dtype"))
     requested = _requested_dtype(dtype, named, directory)
     weights = scan_weights(directory)  # headers only: index against shards, every key's file and offsets
