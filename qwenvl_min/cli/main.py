@@ -1,7 +1,7 @@
 """The `qwenvl-min` console script.
 
     qwenvl-min demo [--out DIR] [--family qwen2.5-vl|qwen2-vl]     tiny seeded model, token flow, PNGs
-    qwenvl-min inspect IMAGE|VIDEO [--min-pixels N --max-pixels N --out PNG]   token cost, no weights
+    qwenvl-min inspect IMAGE|VIDEO [--model DIR] [--png PATH]       token cost (that checkpoint's budget), no weights
     qwenvl-min run --model DIR|HUB_ID --image F --prompt TEXT         streamed answer
     torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
@@ -9,15 +9,16 @@
     qwenvl-min attend --model DIR --image F --prompt TEXT --out DIR   where answer tokens look (PNGs)
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
-Global options (before or after the subcommand): `--version`; `-q` (warnings and errors only, no progress
-bars; `-qq` errors only) and `-v` (debug detail) set the level of the `qwenvl_min` logger, which writes
-status and progress to stderr; results go to stdout (`--json` on `inspect` and `latents`: one JSON object,
-schema in docs/cli.md).
+Global options (before or after the subcommand): `--version`; `-q` (no status lines or progress bars;
+`-qq` errors only) and `-v` (debug detail) set the level of the `qwenvl_min` logger. Where results, status
+and errors go is decided in one place, `qwenvl_min.utils.console` (results on stdout, `--json` on
+`inspect`, `run` and `latents` as one JSON object, schemas in docs/cli.md; status and progress on stderr).
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
 Exit status: 0 success; 1 an error the user can fix (missing file, bad checkpoint, unknown tap, prompt
-too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors
-(argparse); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial.
+too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors (one
+`error:` line too); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial. A checkpoint shard
+changed under a run ends it with SIGBUS and one line naming the shard (`qwenvl_min.utils.mapped_files`).
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
     device = model.text.embed_tokens.weight.device
     vision = {k: t.to(device) for k, t in vision.items()}
-    if args.compile:
+    if args.compile and show:
         mode = resolve_mode(args.compile, device)
         console.status(
             "compiling the decoder (torch.compile, mode %s): the first answer waits for it, 20 s to minutes "

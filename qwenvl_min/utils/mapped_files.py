@@ -51,6 +51,7 @@ class MappedFile:
 
 _MAPPED: list[MappedFile] = []  # process-wide, like the mappings themselves
 _PIPE: int | None = None  # the write end to the watcher, once report_bus_errors() started it
+_WATCHER: subprocess.Popen | None = None  # kept: it runs as long as this process
 
 
 def note_mapped(checkpoint: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]]) -> None:
@@ -73,7 +74,7 @@ def mapped_files() -> list[MappedFile]:
 def report_bus_errors() -> bool:
     """Start the watcher (once per process) so that a SIGBUS from a changed checkpoint ends with one line
     saying so. Returns False if the watcher cannot be started (nothing else changes then)."""
-    global _PIPE
+    global _PIPE, _WATCHER
     if _PIPE is not None:
         return True
     read_end, write_end = os.pipe()  # both non-inheritable: only the watcher gets the read end, as stdin
@@ -96,11 +97,12 @@ def report_bus_errors() -> bool:
     ready, _, _ = select.select([watcher.stdout], [], [], READY_TIMEOUT_S)
     if not ready or watcher.stdout.read(1) != b"+":
         watcher.kill()
+        watcher.wait()
         os.close(write_end)
         LOG.debug("no SIGBUS report: the watcher process did not answer")
         return False
     watcher.stdout.close()
-    _PIPE = write_end
+    _PIPE, _WATCHER = write_end, watcher
     faulthandler.enable(file=write_end, all_threads=True)
     for record in _MAPPED:
         _send(record)
