@@ -9,8 +9,10 @@
    states how the maps are averaged and what they sum to).
 3. OUT/token_JJ.png for each of the first `--answer-tokens` answer tokens: its attention on each merged
    token of the image (mean over the chosen decoder layers and query heads, not renormalised), drawn over
-   the resized image on a colour scale from the map's min to max, with a colour bar; OUT/vision_block_B.png:
-   attention received per patch in vision block B; OUT/attend.json: the numbers (schema in docs/cli.md).
+   a greyscale copy of the resized image (its own colours never read as heat) on a colour scale from the
+   map's min to max, with a colour bar; OUT/vision_block_B.png: attention received per patch in vision
+   block B, with its attention windows outlined when B is a window-attention block; OUT/attend.json: the
+   numbers (schema in docs/cli.md).
    Files of those names in OUT are replaced; nothing else in OUT is touched.
 """
 

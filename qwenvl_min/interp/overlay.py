@@ -2,6 +2,8 @@
 
 Everything here works from the model's own inputs (pixel_values rows and grid_thw), so a picture shows
 exactly the pixels, patches, 2x2 merge blocks and attention windows the model uses, after smart_resize.
+Heatmaps (`draw_scaled_heatmap`) are blended over a greyscale copy of the frame, on a fixed scale shown by
+a colour bar, so the picture's own colours never read as heat.
 
 Shapes (letters as in docs/design.md, "Shape legend"): N; h x w patches per frame of p x p pixels (p = 14).
 """
