@@ -394,6 +394,10 @@ class QwenVL(nn.Module):
                 else type(input_ids)
             )
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, tokens), got {got}")
+        if input_ids.numel() == 0:  # else a reshape deep in the decoder fails
+            raise ValueError(
+                f"input_ids hold no tokens (shape {tuple(input_ids.shape)}); give at least one token per row"
+            )
         vocab = self.config.text.vocab_size
         if bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # else nn.Embedding's "index out of range"
             raise ValueError(
@@ -407,6 +411,28 @@ class QwenVL(nn.Module):
                     f"attention_mask must have shape (batch, past + new tokens) = {expected}, "
                     f"got {tuple(attention_mask.shape)}"
                 )
+            self._check_masked_vision(input_ids, attention_mask[:, past:])
+
+    def _check_masked_vision(self, input_ids: Tensor, mask: Tensor) -> None:
+        """A vision pad token under attention_mask 0 gets no feature and no position (positions skip padded
+        slots), which would surface as a grid-count mismatch: name the row instead."""
+        cfg = self.config
+        pads = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)  # (B, T)
+        hidden = pads & (mask == 0)
+        if not bool(hidden.any()):
+            return
+        row = int(hidden.any(dim=1).nonzero()[0])
+        count = int(hidden[row].sum())
+        state = (
+            "is all 0 (the row holds no token)"
+            if not bool(mask[row].any())
+            else f"is 0 at {count} of its vision pad tokens"
+        )
+        raise ValueError(
+            f"attention_mask row {row} {state}, but input_ids row {row} holds {int(pads[row].sum())} image / "
+            "video pad tokens: a masked-out pad token gets no vision feature and no position; set the mask to 1 "
+            "over the row's tokens, or drop the row and its images / videos from the batch"
+        )
 
     def _insert_vision(self, input_ids: Tensor, embeds: Tensor, vision: VisionInputs) -> Tensor:
         """Run the tower once over images then videos and write the merged features over the pad tokens."""

@@ -174,7 +174,7 @@ def test_a_long_video_is_refused_from_its_frame_count(monkeypatch):
 def test_inspect_never_overwrites_its_input(tmp_path, capsys):
     image = _image(tmp_path / "photo.png")
     before = image.read_bytes()
-    assert main(["inspect", str(image), "--out", str(image)]) == 1
+    assert main(["inspect", str(image), "--png", str(image), "--force"]) == 1
     assert "is the input file" in _one_error_line(capsys)
     assert image.read_bytes() == before
 
