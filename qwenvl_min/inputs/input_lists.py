@@ -2,7 +2,7 @@
 
 Inputs come as command-line arguments (files or directories) and as lists of paths or URLs, one a line
 (`--files-from LIST`, `-` for stdin). A directory is walked recursively and keeps the files whose suffix
-is an image's or a video's (below), in sorted order. Output names:
+is an image's or a video's (below), in sorted order, skipping hidden files and folders (".*"). Output names:
 - a file given by itself (an argument or a list line): its stem (`photos/cat.jpg` -> `cat`);
 - a file found in a directory DIR: its path inside DIR without the suffix (`DIR/a/cat.jpg` -> `a/cat`), so a
   tree of images keeps its shape and the same file name in two folders is no clash;
@@ -53,11 +53,15 @@ def source_of(location: str) -> InputSource:
 
 
 def sources_in_directory(directory: Path) -> list[InputSource]:
-    """Every image and video under `directory` (recursively, sorted), named by its path inside it."""
+    """Every image and video under `directory` (recursively, sorted; hidden files and folders skipped),
+    named by its path inside it."""
     found = []
     for path in sorted(directory.rglob("*")):
+        inside = path.relative_to(directory)
+        if any(part.startswith(".") for part in inside.parts):
+            continue
         if path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and path.is_file():
-            name = path.relative_to(directory).with_suffix("").as_posix()
+            name = inside.with_suffix("").as_posix()
             found.append(InputSource(name, os.fspath(path)))
     return found
 

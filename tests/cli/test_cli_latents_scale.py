@@ -19,9 +19,8 @@ import pytest
 import torch
 from faults import Paused, listing
 from hf_user_dir import make_user_dir
+from latents_records import read_files, read_shards
 from qwen_vl_utils_oracle import install
-from safetensors import safe_open
-from safetensors.torch import load as load_safetensors
 from test_cli import _save_image, checkpoint  # noqa: F401  (checkpoint: the tiny-model fixture)
 from test_cli_video_flags import clip  # noqa: F401  (a 2 s, 24 fps clip)
 
@@ -46,18 +45,6 @@ def _latents(model, out, *inputs, taps=TAPS, extra=()):
         *extra,
         *map(str, inputs),
     ]
-
-
-def _files(directory):
-    """{output path inside OUT: (tensors, metadata)} of every .safetensors file."""
-    found = {}
-    for path in sorted(directory.rglob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            found[path.relative_to(directory).as_posix()] = (
-                {k: f.get_tensor(k) for k in f.keys()},
-                f.metadata(),
-            )
-    return found
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -85,7 +72,7 @@ def test_directories_and_files_from_stdin(checkpoint, tmp_path, capsys, monkeypa
         main(_latents(checkpoint, out, tree, loose, taps="visual.merger", extra=["--files-from", "-"])) == 0
     )
     assert "4 written, 0 skipped" in capsys.readouterr().out
-    assert sorted(_files(out)) == ["a/x.safetensors", "b/x.safetensors", "y.safetensors", "z.safetensors"]
+    assert sorted(read_files(out)) == ["a/x.safetensors", "b/x.safetensors", "y.safetensors", "z.safetensors"]
 
     # the same name twice: refused before any work, nothing made
     lst = tmp_path / "list.txt"
@@ -115,22 +102,12 @@ def test_workers_and_packing_equal_one_input_per_forward(checkpoint, clip, tmp_p
     assert main(_latents(checkpoint, packed, *inputs, extra=extra)) == 1
     summary = capsys.readouterr().out
     assert "5 written, 0 skipped" in summary and "1 failed" in summary and "broken.png" in summary
-    want, got = _files(one), _files(packed)
+    want, got = read_files(one), read_files(packed)
     assert sorted(got) == sorted(want) and len(got) == 5
     for name, (tensors, meta) in want.items():
         assert got[name][1] == meta, name  # metadata (settings included) does not depend on packing
         for key, value in tensors.items():
             assert _close(got[name][0][key], value), (name, key)
-
-
-def _wds_samples(out):
-    import webdataset as wds
-
-    shards = sorted(str(p) for p in out.glob("shard-*.tar"))
-    samples = {}
-    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
-        samples[sample["__key__"]] = (load_safetensors(sample["safetensors"]), json.loads(sample["json"]))
-    return samples
 
 
 def test_webdataset_shards_read_back_and_resume(checkpoint, tmp_path, capsys):  # noqa: F811
@@ -145,8 +122,8 @@ def test_webdataset_shards_read_back_and_resume(checkpoint, tmp_path, capsys):  
     assert len(shards) > 1 and [p.name for p in shards][0] == "shard-000-000000.tar"
     for shard in shards:  # the bound holds unless one sample alone is larger (then it is alone)
         assert shard.stat().st_size <= 40_000 or len(_tar_names(shard)) == 2
-    samples = _wds_samples(out)
-    reference = _files(files)
+    samples = read_shards(out)
+    reference = read_files(files)
     assert sorted(samples) == [f"im{k}" for k in range(4)]
     for key, (tensors, meta) in samples.items():
         want_tensors, want_meta = reference[f"{key}.safetensors"]
@@ -159,7 +136,7 @@ def test_webdataset_shards_read_back_and_resume(checkpoint, tmp_path, capsys):  
     assert "1 written, 4 skipped" in capsys.readouterr().out
     after = sorted(out.glob("shard-*.tar"))
     assert {p.name: p.read_bytes() for p in after if p.name in before} == before  # never rewritten
-    assert len(after) == len(before) + 1 and sorted(_wds_samples(out)) == [f"im{k}" for k in range(5)]
+    assert len(after) == len(before) + 1 and sorted(read_shards(out)) == [f"im{k}" for k in range(5)]
 
 
 def _tar_names(path):
@@ -196,7 +173,7 @@ def test_webdataset_shard_interrupted_mid_sample(checkpoint, tmp_path, capsys, h
         code, _, err = child.finish()
         assert code == 143 and "error: terminated" in err
         assert listing(out) == ["shard-000-000000.tar"]  # cut back to its whole sample, renamed
-        assert sorted(_wds_samples(out)) == ["im0"]
+        assert sorted(read_shards(out)) == ["im0"]
         resumed = "1 written, 1 skipped"
     else:
         child.proc.kill()
@@ -207,7 +184,7 @@ def test_webdataset_shard_interrupted_mid_sample(checkpoint, tmp_path, capsys, h
     assert main(args) == 0
     assert resumed in capsys.readouterr().out
     assert not [n for n in listing(out) if n.endswith(".tmp")]
-    assert sorted(_wds_samples(out)) == ["im0", "im1"]
+    assert sorted(read_shards(out)) == ["im0", "im1"]
 
 
 def test_grid_layout_and_its_resume_key(checkpoint, tmp_path, capsys):  # noqa: F811
@@ -222,7 +199,7 @@ def test_grid_layout_and_its_resume_key(checkpoint, tmp_path, capsys):  # noqa: 
         )
         == 0
     )
-    (r, meta), (g, _) = _files(rows)["a.safetensors"], _files(grid)["a.safetensors"]
+    (r, meta), (g, _) = read_files(rows)["a.safetensors"], read_files(grid)["a.safetensors"]
     t, h, w = json.loads(meta["grid_thw"])
     assert g["visual.merger.input"].shape == (t, h, w, 64) and g["visual.merger"].shape == (
         t,
@@ -260,7 +237,7 @@ def test_video_timing_is_recorded(checkpoint, clip, tmp_path, capsys):  # noqa: 
         )
         == 0
     )
-    meta = _files(out)["clip.safetensors"][1]
+    meta = read_files(out)["clip.safetensors"][1]
     timing = json.loads(meta["video"])
     (_, expected), sample_fps = qvu.fetch_video(
         {"type": "video", "video": clip, "nframes": 6, "max_pixels": 20000, "min_pixels": 20000},
@@ -289,7 +266,7 @@ def test_prompt_goes_through_the_chat_template(user_dir, tmp_path, capsys):
     out = tmp_path / "out"
     taps = "text.norm,visual.merger"
     assert main(_latents(user_dir, out, image, taps=taps, extra=["--prompt", prompt])) == 0
-    tensors, meta = _files(out)["a.safetensors"]
+    tensors, meta = read_files(out)["a.safetensors"]
     processor = Processor.from_pretrained(user_dir)  # what `run --prompt` feeds the model
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     batch = processor(text=processor.apply_chat_template(messages), images=[str(image)])
