@@ -139,7 +139,7 @@ def test_data_parallel_latents_equal_one_process(two_ranks, tmp_path, capsys):
     work, _ = two_ranks
     images = sorted(str(p) for p in (work / "images").iterdir())
     taps = "visual.merger.input,text.layers.1"
-    args = ["latents", "--model", str(work / "ours"), "--taps", taps, "--no-progress"]
+    args = ["latents", "--model", str(work / "ours"), "--taps", taps, "--no-progress", "--batch-size", "1"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the ranks (OMP_NUM_THREADS=1): CPU reductions then agree bit for bit
     try:
