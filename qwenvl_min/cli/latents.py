@@ -170,6 +170,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise CliError(f"{flag} must be >= {low}, got {value}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.files_from == "-" and launched_distributed():
+        raise CliError("--files-from - under torchrun: every rank reads the whole list, so give it a file")
     if args.prompt is not None and not args.prompt.strip():
         raise CliError("--prompt is empty; give the text, or leave --prompt out for the vision block alone")
 
@@ -198,14 +200,14 @@ def cmd_latents(args: argparse.Namespace) -> int:
     except TapError as err:
         raise CliError(err.args[0]) from err
     recipe = Recipe(
-        args.min_pixels,
-        args.max_pixels,
-        args.max_vision_tokens,
-        args.fps,
-        args.num_frames,
-        args.max_frames,
-        args.total_pixels,
-        args.prompt,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        max_vision_tokens=args.max_vision_tokens,
+        fps=args.fps,
+        num_frames=args.num_frames,
+        max_frames=args.max_frames,
+        total_pixels=args.total_pixels,
+        prompt=args.prompt,
     )
     try:
         preparer = InputPreparer(model.config, model.checkpoint_dir, recipe)
