@@ -15,7 +15,7 @@ which source frames were kept and when (see `video_timing`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,6 @@ class Recipe:
     max_frames: int | None = None
     total_pixels: int | None = None
     prompt: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, eq=False)
