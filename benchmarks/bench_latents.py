@@ -124,11 +124,11 @@ def hf_model(checkpoint: Path, device: str = "cpu", dtype: torch.dtype = torch.f
 def image_processor(pil: bool = True):
     """transformers' Qwen2-VL image processor at the library's default budget: the PIL backend (the only
     one beside the pinned CPU torch), or its default torchvision one where torchvision is installed."""
-    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil_module
-
     size = {"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS}
     if pil:
-        return pil_module.Qwen2VLImageProcessorPil(size=size)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil(size=size)
     from transformers import Qwen2VLImageProcessor
 
     return Qwen2VLImageProcessor(size=size)
