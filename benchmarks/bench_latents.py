@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     env = environment() | {"cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
+    env["load_average_before"] = os.getloadavg()[0]  # other work on the machine skews both sides
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-latents-") as tmp:
         root = Path(tmp)
