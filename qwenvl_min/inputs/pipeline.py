@@ -18,12 +18,14 @@
   consumer's `.to(device, non_blocking=True)` overlaps the copy with compute. Results pin through their
   own `pin_memory()` method (tensors and dataclasses that define one).
 - Workers are forked (the consumer's loaded model is shared copy-on-write, never touched); each runs
-  torch single-threaded. Ctrl-C / SIGTERM in the consumer shut the workers down; if the consumer is
+  torch single-threaded, at a lower scheduling priority (nice +10; QWENVL_MIN_WORKER_NICE changes it) so
+  that decoding takes the cores the model leaves instead of stalling its threads. Ctrl-C / SIGTERM in the consumer shut the workers down; if the consumer is
   killed (SIGKILL), each worker notices its parent is gone and exits.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -37,6 +39,7 @@ S = TypeVar("S")
 T = TypeVar("T")
 BAD_INPUT = (OSError, ValueError, ImportError)
 DEFAULT_PREFETCH = 2  # prepared inputs waiting per worker
+WORKER_NICE = 10  # workers' scheduling priority below the consumer's (see `_lower_priority`)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ def _as_is(item: object) -> object:  # no collation: one input is one result
     return item
 
 
+def _lower_priority(worker_id: int) -> None:
+    """Workers yield the cores to the consumer's model: its threads wait at barriers for each other, so a
+    core taken by a decoder at equal priority stalls a whole forward (tens of times slower small ops)."""
+    os.nice(int(os.environ.get("QWENVL_MIN_WORKER_NICE", WORKER_NICE)))
+
+
 def prepared_in_order(
     sources: Sequence[S],
     prepare: Callable[[S], T],
@@ -97,6 +106,7 @@ def prepared_in_order(
         pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=prefetch if workers else None,
         multiprocessing_context="fork" if workers else None,
+        worker_init_fn=_lower_priority if workers else None,
     )
     iterator = iter(loader)
     while True:
