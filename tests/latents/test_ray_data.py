@@ -28,6 +28,7 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
