@@ -84,7 +84,7 @@ def tower_rate(
     model = QwenVL.from_pretrained(checkpoint, dtype=dtype, device=device)
     preparer = InputPreparer(model.config, checkpoint, Recipe())
     pack = Pack.of([preparer(source_of(str(p))).to(device) for p in images], model.config.vision.merge_size)
-    pixels, grid = pack.vision["pixel_values"], pack.vision["image_grid_thw"]
+    pixels, grid = pack.tower_inputs()
     layout = model.visual.layout(pixels, grid)
     with torch.inference_mode():
         model.visual(pixels, grid, layout)  # warm-up

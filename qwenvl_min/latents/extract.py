@@ -111,15 +111,11 @@ def _forward(model: QwenVL, pack: Pack, names: list[str], decoder: bool) -> dict
             model(
                 ids.to(device),
                 attention_mask=None if mask is None else mask.to(device),
-                **pack.vision,
+                **pack.model_inputs(),
                 logits_to_keep=0 if every_logit else 1,
             )
         else:  # what QwenVL.forward runs for the vision features: images' rows, then videos'
-            kinds = [("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")]
-            present = [(p, g) for p, g in kinds if p in pack.vision]
-            pixels = torch.cat([pack.vision[p] for p, _ in present])
-            grids = torch.cat([pack.vision[g] for _, g in present])
-            model.visual(pixels, grids)
+            model.visual(*pack.tower_inputs())
     return taps.cache
 
 

@@ -29,6 +29,10 @@ from .prepare import LatentInput
 PAD_ID = 0  # fills the left padding; masked, so any id below the vocabulary does
 
 
+def _cat(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 def pack_cost(rows: list[int], decoder: bool) -> int:
     """Patch rows a pack with items of `rows` rows costs (see the module docstring)."""
     return len(rows) * max(rows) if decoder else sum(rows)
@@ -53,26 +57,41 @@ def packs(
 
 @dataclass(frozen=True)
 class Pack:
-    """The model inputs of a pack and where each item's values sit in them."""
+    """The items of one forward and where each item's values sit in that forward's tensors."""
 
     items: list[LatentInput]
-    vision: dict[str, Tensor]  # the model's vision keywords for all items
     row_start: list[int]  # first tower row of each item (images first, then videos)
     merge_area: int  # merge_size ** 2: tower rows per merged token
 
     @staticmethod
     def of(items: list[LatentInput], merge_size: int) -> Pack:
-        images = [i for i in items if i.kind == "image"]
-        videos = [i for i in items if i.kind == "video"]
-        vision: dict[str, Tensor] = {}
-        for group in (images, videos):
-            for key in group[0].vision if group else ():
-                vision[key] = torch.cat([i.vision[key] for i in group])
         start, row_start = 0, {}
-        for item in [*images, *videos]:
+        for item in Pack._tower_order(items):
             row_start[id(item)] = start
             start += item.rows
-        return Pack(items, vision, [row_start[id(i)] for i in items], merge_size**2)
+        return Pack(items, [row_start[id(i)] for i in items], merge_size**2)
+
+    @staticmethod
+    def _tower_order(items: list[LatentInput]) -> list[LatentInput]:
+        return [i for i in items if i.kind == "image"] + [i for i in items if i.kind == "video"]
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """The model's vision keywords for all items (images' tensors, then videos')."""
+        vision: dict[str, Tensor] = {}
+        for kind in ("image", "video"):
+            group = [i for i in self.items if i.kind == kind]
+            for key in group[0].vision if group else ():
+                vision[key] = _cat([i.vision[key] for i in group])
+        return vision
+
+    def tower_inputs(self) -> tuple[Tensor, Tensor]:
+        """(pixel rows (N, P), grids (items, 3)) as the model's forward hands them to the tower: images'
+        then videos', copied once."""
+        ordered = self._tower_order(self.items)
+        pixels = _cat(
+            [i.vision["pixel_values_videos" if i.kind == "video" else "pixel_values"] for i in ordered]
+        )
+        return pixels, _cat([i.grid_thw for i in ordered])
 
     @property
     def total_rows(self) -> int:
