@@ -14,12 +14,12 @@ model, about 1 s for the wide one; it counts against us).
 
 Models: `tiny` (the tiny Qwen2.5-VL preset: pipeline-bound, target ours <= 0.5x the loop's wall time) and
 `wide` (the Qwen2.5-VL-7B tower's width, heads, MLP and windows with `--wide-depth` blocks, full attention
-in the last; compute-bound, target <= 1.0x), each in fp32 on CPU. The tiny case runs `--rounds` interleaved rounds and keeps each side's fastest (the
+in the last; compute-bound, target <= 1.0x), each in fp32 on CPU. Each case runs `--rounds` interleaved rounds and keeps each side's fastest (the
 least disturbed by other work on a shared machine: its small ops slow down many times when another process
 takes a core); every round's time is in the JSON, with the load average before and after.
 
-    python benchmarks/bench_latents.py [--photos 64 --clips 4] [--wide-photos 16 --wide-clips 2]
-        [--wide-depth 8] [--workers 2] [--models tiny,wide] [--out benchmarks/results/latents-<device>.json]
+    python benchmarks/bench_latents.py [--photos 64 --clips 4] [--wide-photos 8 --wide-clips 1]
+        [--wide-depth 8] [--workers 2] [--rounds 3] [--models tiny,wide] [--out results/latents-<device>.json]
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def run_case(kind: str, args: argparse.Namespace, root: Path, photos: list[Path]
     warm = root / f"{kind}-warm"  # first calls (allocator, lazy imports) on two inputs, both sides
     hf_loop(checkpoint, photos[:1], clips[:1], warm / "hf")
     ours(checkpoint, [*photos[:1], *clips[:1]], warm / "ours", args.workers, args.batch_tokens)
-    rounds = args.rounds if kind == "tiny" else 1
+    rounds = args.rounds
     hf_all, ours_all = [], []
     for r in range(rounds):  # interleaved; the fastest round of each is the least disturbed by other work
         hf_all.append(hf_loop(checkpoint, photos, clips, root / f"{kind}-hf{r}"))
@@ -235,15 +235,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=64)
     parser.add_argument("--clips", type=int, default=4)
-    parser.add_argument("--wide-photos", type=int, default=16)
-    parser.add_argument("--wide-clips", type=int, default=2)
+    parser.add_argument("--wide-photos", type=int, default=8)
+    parser.add_argument("--wide-clips", type=int, default=1)
     parser.add_argument("--wide-depth", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--models", default="tiny,wide")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds of the tiny case (fastest kept)"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (fastest kept)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     env = environment() | {"cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
