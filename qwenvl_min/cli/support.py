@@ -4,7 +4,6 @@ window summaries, loading a checkpoint (HF or converted), and the error type the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
 from ..inputs.checkpoint_settings import VisionSettings, image_settings, video_settings
+from ..inputs.input_lists import VIDEO_SUFFIXES
 from ..inputs.preprocess import (
     IMAGE_MAX_PIXELS,
     IMAGE_MIN_PIXELS,
@@ -34,10 +34,8 @@ from ..utils.dtypes import parse_dtype
 from ..utils.faults import pause_point
 from ..utils.mapped_files import report_bus_errors
 from ..utils.validate import guard_finite_hidden_states
-from ..weights_convert.safetensors_io import header_sha256
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
 FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
 RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b"}  # inspect: the released vision geometry
 
@@ -154,18 +152,6 @@ def preprocess(
         return video_inputs(path, min_pixels, max_pixels, max_tokens, settings, flags)
     settings = None if checkpoint_dir is None else image_settings(checkpoint_dir)
     return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
-
-
-def checkpoint_fingerprint(directory: Path) -> str:
-    """sha256 naming a checkpoint's weights cheaply: our manifest when there is one, else config.json and
-    every safetensors file's size and header (names, dtypes, shapes, offsets)."""
-    manifest = directory / "manifest.json"
-    if manifest.is_file():
-        return hashlib.sha256(manifest.read_bytes()).hexdigest()
-    digest = hashlib.sha256((directory / "config.json").read_bytes())
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(f"{path.name}:{path.stat().st_size}:{header_sha256(path)}".encode())
-    return digest.hexdigest()
 
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
