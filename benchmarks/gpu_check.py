@@ -14,6 +14,7 @@ Steps (name, timeout in seconds; the timeouts sum to `TOTAL_TIMEOUT_S` < 8 minut
   window_attention  gpu_check_attention.py
   vision_tower      gpu_check_tower.py
   decode            gpu_check_decode.py ("unavailable" when generate has no compile= option)
+  latents           gpu_check_latents.py (the 7B tower over photos: transformers' loop vs `latents`)
   plots             gpu_check_plots.py
 Outputs in DIR (default benchmarks/results/ on a GPU, a new temporary folder for a dry run), at most 7
 files, all named <prefix>*: <prefix>.json (the summary, rewritten after every step, so a run cut
@@ -58,11 +59,12 @@ class Step:
 
 STEPS = (
     Step("install", 40, None),
-    Step("kernel_tests", 100, None),
-    Step("rotary", 50, "gpu_check_rotary.py"),
-    Step("window_attention", 60, "gpu_check_attention.py"),
-    Step("vision_tower", 150, "gpu_check_tower.py"),
-    Step("decode", 60, "gpu_check_decode.py"),
+    Step("kernel_tests", 95, None),
+    Step("rotary", 45, "gpu_check_rotary.py"),
+    Step("window_attention", 55, "gpu_check_attention.py"),
+    Step("vision_tower", 135, "gpu_check_tower.py"),
+    Step("decode", 50, "gpu_check_decode.py"),
+    Step("latents", 45, "gpu_check_latents.py"),
     Step("plots", 15, None),
 )
 TOTAL_TIMEOUT_S = sum(step.timeout_s for step in STEPS)

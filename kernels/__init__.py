@@ -6,6 +6,8 @@ and the torch references once, when it is built (`QwenVL(config, kernels=...)`, 
 
 - `apply_rotary(q, k, cos, sin, *, inplace=False)`: rotate-half rotary (vision 2D-RoPE and M-RoPE);
   torch reference `qwenvl_min.model.rope.apply_rotary`. Ops: `torch.ops.qwenvl_min.rotary`, `.rotary_`.
+- `check_device(device)`: raises when the kernels cannot run on that device here (what a caller checks
+  before building a model that will call them, e.g. the CLI under QWENVL_MIN_KERNELS=1).
 - `window_attention(q, k, v, cu_seqlens, max_seqlen=None, scale=None, *, return_lse=False,
   validate=True)`: non-causal attention within the segments of `cu_seqlens` (windows and per-frame
   segments); torch reference `qwenvl_min.model.attention.segment_attention_torch`. Ops:
@@ -16,7 +18,16 @@ the launchers, the ahead-of-time check and the benchmarks use are listed in `_re
 is the tour.
 """
 
-from ._rotary import apply_rotary
+import torch
+
+from ._checks import check_runnable
+from ._rotary import INTERPRETED, apply_rotary
 from ._window_attention import window_attention
 
-__all__ = ["apply_rotary", "window_attention"]
+__all__ = ["apply_rotary", "check_device", "window_attention"]
+
+
+def check_device(device: str | torch.device) -> None:
+    """RuntimeError (one line saying what to do) when the kernels cannot run on `device` in this process:
+    CUDA needs compiled kernels, the CPU the Triton interpreter (both fixed when this package is imported)."""
+    check_runnable("the Triton kernels", torch.device(device), INTERPRETED)

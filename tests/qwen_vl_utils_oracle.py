@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 TALLY: dict[str, tuple[int, int]] = {}  # kind -> (cases compared, equal); conftest's summary reports it
+DRAWN = "(drawn by hypothesis)"  # ends the kinds whose cases hypothesis draws: not a fixed count
 
 
 class InterpolationMode(enum.Enum):

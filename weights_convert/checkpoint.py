@@ -27,7 +27,7 @@ CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
-CONVERT_HINT = "python -m qwenvl_min.weights_convert HF_CHECKPOINT_DIR_OR_HUB_ID OUTPUT_DIR"
+CONVERT_HINT = "qwenvl-min convert HF_CHECKPOINT_DIR_OR_HUB_ID OUTPUT_DIR"
 
 
 class CheckpointError(ValueError):
@@ -73,11 +73,15 @@ def read_our_config(directory: Path) -> Config:
         )
     data = read_json(directory / CONFIG_FILE, "the model config")
     if not is_converted(data):
-        kind = "a Hugging Face checkpoint" if "model_type" in data else "not a qwenvl-min checkpoint"
+        if "model_type" in data:
+            raise CheckpointError(
+                f'{directory} is a Hugging Face checkpoint, not a qwenvl-min one (its config.json has no "format": '
+                f'"{FORMAT}" marker): QwenVL.from_pretrained loads it as it is, and `qwenvl-min convert '
+                f"{directory} OUTPUT_DIR` converts it"
+            )
         raise CheckpointError(
-            f'{directory} is {kind} (its config.json has no "format": "{FORMAT}" marker). '
-            f"Convert it first: `python -m qwenvl_min.weights_convert {directory} OUTPUT_DIR`, then load "
-            "OUTPUT_DIR; or build a model in memory with QwenVL.from_hf(config, state_dict)"
+            f'{directory} is not a qwenvl-min checkpoint (its config.json has no "format": "{FORMAT}" marker); '
+            f"write one with `{CONVERT_HINT}`"
         )
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from ..utils import console
+from ..utils.dtypes import accepted
 from ..utils.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from .checkpoint import CheckpointError
-from .convert import DEFAULT_SHARD_SIZE, DTYPE_CHOICES, convert_checkpoint, export_to_hf
+from .convert import DEFAULT_SHARD_SIZE, convert_checkpoint, export_to_hf
+from .destination import DestinationExists
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default=None,
-        help=f"cast floating weights to one of {', '.join(DTYPE_CHOICES)} (default: keep)",
+        help=f"cast floating weights to one of {accepted()} (default: keep each tensor's dtype)",
     )
     parser.add_argument(
         "--shard-size",
@@ -61,23 +63,29 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=args.progress,
             )
+    except DestinationExists as err:
+        console.error(err.message("--force"))  # the flag, not the Python argument
+        return 1
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
+        console.error(err)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; {args.dst} was not written or changed", file=sys.stderr)
+        console.error(f"interrupted; {args.dst} was not written or changed")
         return EXIT_INTERRUPTED
     except Terminated:
-        print(f"error: terminated (SIGTERM); {args.dst} was not written or changed", file=sys.stderr)
+        console.error(f"terminated (SIGTERM); {args.dst} was not written or changed")
         return EXIT_TERMINATED
-    print(f"wrote {out}")
+    console.status("wrote: %s", out)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = console.Parser(
         prog="python -m qwenvl_min.weights_convert",
         description="Convert Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints between the Hugging Face format and qwenvl-min's.",
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="no status line or progress bar")
+    args = parser.parse_args(argv)
+    with console.command_output(console.log_level(args.quiet, 0)):  # the same rule as `qwenvl-min convert`
+        return run(args)

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..model.config import Config, ConfigError
+from ..utils import dtypes
 from ..utils.faults import pause_point
 from ..utils.progress import progress_bar
 from .checkpoint import (
@@ -63,14 +64,6 @@ from .safetensors_io import TensorInfo, header_sha256, write_safetensors
 
 CONVERTER_VERSION = "2"  # bump when the written format or manifest changes
 DEFAULT_SHARD_SIZE = 5 * 1000**3  # bytes; the "5GB" transformers has long used
-DTYPE_CHOICES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
@@ -118,8 +111,8 @@ def convert_checkpoint(
         hf_config = read_json(src_dir / CONFIG_FILE, "the Hugging Face model config")
         if is_converted(hf_config):
             raise CheckpointError(
-                f"{src_dir} is already a qwenvl-min checkpoint: load it with qwenvl_min.hf.load, or export it "
-                "with --to-hf (export_to_hf)"
+                f"{src_dir} is already a qwenvl-min checkpoint: QwenVL.from_pretrained loads it as it is; to "
+                "write it back in the Hugging Face format, export it (`qwenvl-min convert --to-hf`)"
             )
         try:
             config = Config.from_hf(hf_config)
@@ -155,6 +148,14 @@ def export_to_hf(
     config.json) that transformers 5 `from_pretrained` loads. Options as in `convert_checkpoint`."""
     out_dtype, max_shard = parse_dtype(dtype), parse_size(shard_size)
     src_dir = Path(src).expanduser().resolve()
+    if (src_dir / CONFIG_FILE).is_file():
+        source_config = read_json(src_dir / CONFIG_FILE, "the model config")
+        if not is_converted(source_config) and "model_type" in source_config:
+            raise CheckpointError(
+                f"{src_dir} is already a Hugging Face checkpoint: transformers and QwenVL.from_pretrained load "
+                "it as it is; exporting to the Hugging Face format (--to-hf) takes a checkpoint written by "
+                "`qwenvl-min convert`"
+            )
     config = read_our_config(src_dir)
     with Destination(dst, force) as dest:
         _check_no_overlap(src_dir, dest.path)
@@ -186,13 +187,13 @@ def export_to_hf(
 
 
 def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype) and value in DTYPE_CHOICES.values():
-        return value
-    if isinstance(value, str) and value.lower() in DTYPE_CHOICES:
-        return DTYPE_CHOICES[value.lower()]
-    raise CheckpointError(
-        f"invalid dtype {value!r}: choose one of {', '.join(DTYPE_CHOICES)} (or omit it to keep the source dtype)"
-    )
+    """None keeps each source dtype; anything else is read by the one spelling table (`qwenvl_min.utils.dtypes`)."""
+    if value is None:
+        return None
+    try:
+        return dtypes.parse_dtype(value)
+    except dtypes.DtypeError as err:
+        raise CheckpointError(f"{err} (or omit it to keep the source dtype)") from None
 
 
 def parse_size(value: int | str) -> int:

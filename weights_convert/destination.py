@@ -31,6 +31,24 @@ from .checkpoint import CONFIG_FILE, FORMAT, INDEX_FILE, MANIFEST_FILE, Checkpoi
 STAGING_MARK = ".qwenvl-min-staging"  # written first into every staging directory
 
 
+class DestinationExists(CheckpointError):
+    """DST exists (or appeared while converting) and force was not given. The message names the remedy
+    in the caller's terms: `force=True` in Python (str(err)), `--force` on the command line
+    (`err.message("--force")`)."""
+
+    def __init__(self, path: Path, *, appeared: bool) -> None:
+        self.path, self.appeared = path, appeared
+        super().__init__(self.message("force=True"))
+
+    def message(self, force: str) -> str:
+        if self.appeared:
+            return (
+                f"{self.path} appeared while converting (another program created it); it was left untouched "
+                f"and this conversion discarded: remove it, or pass {force} to replace it"
+            )
+        return f"{self.path} already exists; pass {force} to replace it"
+
+
 class Destination:
     def __init__(self, dst: str | os.PathLike[str], force: bool) -> None:
         self.path = Path(dst).expanduser().resolve()
@@ -108,7 +126,7 @@ class Destination:
         if not os.path.lexists(self.path):
             return
         if not self.force:
-            raise CheckpointError(f"{self.path} already exists; pass --force (force=True) to replace it")
+            raise DestinationExists(self.path, appeared=False)
         replaceable_files(self.path)
 
     def _clean_stale(self) -> None:
@@ -144,10 +162,7 @@ class Destination:
             if not os.path.lexists(self.path):
                 self._rename_into_place()
             elif not self.force:
-                raise CheckpointError(
-                    f"{self.path} appeared while converting (another program created it); it was left "
-                    "untouched and this conversion discarded: remove it, or pass --force to replace it"
-                )
+                raise DestinationExists(self.path, appeared=True)
             else:
                 old_files = replaceable_files(self.path)  # re-checked: it may have changed meanwhile
                 if rename_exchange(self.staging, self.path):
@@ -164,10 +179,7 @@ class Destination:
         try:
             rename_noreplace(self.staging, self.path)
         except FileExistsError:
-            raise CheckpointError(
-                f"{self.path} appeared while converting (another program created it); it was left untouched "
-                "and this conversion discarded: remove it, or pass --force to replace it"
-            ) from None
+            raise DestinationExists(self.path, appeared=True) from None
 
     def _two_rename_swap(self, old_files: list[str]) -> None:
         hidden = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))

@@ -9,8 +9,10 @@
    states how the maps are averaged and what they sum to).
 3. OUT/token_JJ.png for each of the first `--answer-tokens` answer tokens: its attention on each merged
    token of the image (mean over the chosen decoder layers and query heads, not renormalised), drawn over
-   the resized image on a colour scale from the map's min to max, with a colour bar; OUT/vision_block_B.png:
-   attention received per patch in vision block B; OUT/attend.json: the numbers (schema in docs/cli.md).
+   a greyscale copy of the resized image (its own colours never read as heat) on a colour scale from the
+   map's min to max, with a colour bar; OUT/vision_block_B.png: attention received per patch in vision
+   block B, with its attention windows outlined when B is a window-attention block; OUT/attend.json: the
+   numbers (schema in docs/cli.md).
    Files of those names in OUT are replaced; nothing else in OUT is touched.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ from ..interp.attention_maps import (
 )
 from ..interp.overlay import draw_scaled_heatmap, frames_from_patches, patch_grid_values
 from ..model.qwenvl import QwenVL
+from ..utils import console
 from ..utils.fs import write_atomic
 from .options import add_model
-from .support import CliError, image_inputs, is_video, load_model
+from .support import CliError, check_input_file, image_inputs, is_video, load_model
 
-log = logging.getLogger(__name__)
 JSON_NAME = "attend.json"
 
 
@@ -179,8 +180,9 @@ def cmd_attend(args: argparse.Namespace) -> int:
     from ..inputs.prompts import encode
 
     image_path = Path(args.image)
-    if not image_path.is_file():
-        raise CliError(f"input file not found: {image_path}")
+    check_input_file(image_path, "an image")
+    if not args.prompt.strip():
+        raise CliError('--prompt is empty; give the question, e.g. --prompt "What is in the picture?"')
     if is_video(image_path):
         raise CliError(f"{image_path} is a video; attend maps onto one image (pass an image file)")
     if args.max_new_tokens < 1 or (args.answer_tokens is not None and args.answer_tokens < 1):
@@ -229,7 +231,7 @@ def cmd_attend(args: argparse.Namespace) -> int:
     heads, kv_heads = cfg.text.num_heads, cfg.text.num_kv_heads
     layer_text = _layer_text(layers, cfg.text.num_layers)
     tokens = []
-    print(f"answer: {tokenizer.decode(answer)}")
+    console.result(f"answer: {tokenizer.decode(answer)}")
     for j in range(shown):
         values = maps.image[j]
         share = float(maps.image_share[j])
@@ -251,7 +253,7 @@ def cmd_attend(args: argparse.Namespace) -> int:
         )
         path = out / f"token_{j:02d}.png"
         _save(picture, path)
-        print(f"  token {j:>2} {piece!r:<16} image share {share:.3f}   max {vmax:.3g}")
+        console.result(f"  token {j:>2} {piece!r:<16} image share {share:.3f}   max {vmax:.3g}")
         tokens.append(
             {
                 "index": j,
@@ -282,7 +284,7 @@ def cmd_attend(args: argparse.Namespace) -> int:
         "vision": vision_record,
     }
     write_atomic(out / JSON_NAME, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-    log.info("wrote: %s (%d token maps, 1 vision map, %s)", out, len(tokens), JSON_NAME)
+    console.status("wrote: %s (%d token maps, 1 vision map, %s)", out, len(tokens), JSON_NAME)
     return 0
 
 
@@ -297,20 +299,32 @@ def _vision_picture(
     values = patch_grid_values(received, grid, v.merge_size)
     vmin, vmax = float(received.min()), float(received.max())
     full = v.is_full_attention(block)
+    window = None if full else v.window_merged * v.merge_size  # patches a side
     caption = [
         f"{name}: vision block {block} ({'full attention' if full else 'window attention'}), "
         f"mean over {v.num_heads} heads and {patches} query patches",
         f"attention received per patch (sums to 1 over the image: {float(received.sum()):.3f})",
         f"colour: {vmin:.3g} (min) .. {vmax:.3g} (max); uniform would be {1 / patches:.3g}",
     ]
+    if window is not None:
+        caption.append(
+            f"blue lines: its attention windows of {window}x{window} patches (a patch sees its own)"
+        )
     path = out / f"vision_block_{block}.png"
     picture = draw_scaled_heatmap(
-        frame, values, vmin=vmin, vmax=vmax, patch_size=v.patch_size, caption=caption
+        frame,
+        values,
+        vmin=vmin,
+        vmax=vmax,
+        patch_size=v.patch_size,
+        caption=caption,
+        window_patches=window,
     )
     _save(picture, path)
     return {
         "block": block,
         "full_attention": full,
+        "window_patches": window,
         "patches": patches,
         "min": vmin,
         "max": vmax,

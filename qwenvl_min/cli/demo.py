@@ -29,7 +29,8 @@ from ..interp.taps import SegmentMaps
 from ..model.config import Config
 from ..model.positions import get_rope_index
 from ..model.qwenvl import QwenVL
-from .support import FAMILIES, vision_prompt, window_summary
+from ..utils import console
+from .support import FAMILIES, check_kernel_choice, vision_prompt, window_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,11 +118,12 @@ def _demo_pictures(
 ) -> list[Path]:
     """The demo's PNGs: image tiling, attention heatmaps of `block`, first video frame tiling."""
     from ..interp.overlay import (
-        draw_heatmap,
+        draw_scaled_heatmap,
         draw_tiling,
         frames_from_patches,
         patch_grid_values,
         patch_row_index,
+        side_by_side,
     )
 
     v = config.vision
@@ -145,25 +147,30 @@ def _demo_pictures(
     dense = maps.dense(n).mean(0)  # (N, N) mean over heads, input row order
     centre = (grid[1] // 2, grid[2] // 2)
     query = patch_row_index(grid, *centre)
-    from_centre = draw_heatmap(
-        pixels,
-        patch_grid_values(dense[query], grid),
-        marker=centre,
-        caption=[f"block {block}: attention from the centre patch", "(mean over heads)"],
-    )
-    received = draw_heatmap(
-        pixels,
-        patch_grid_values(dense.mean(0), grid),
-        caption=[f"block {block}: mean attention received", "per patch (mean over heads, queries)"],
-    )
-    panel = Image.new(
-        "RGB",
-        (from_centre.width + received.width + 8, max(from_centre.height, received.height)),
-        (24, 24, 28),
-    )
-    panel.paste(from_centre, (0, 0))
-    panel.paste(received, (from_centre.width + 8, 0))
-    panel.save(written[2])
+    full = v.family == "qwen2_vl" or block in v.fullatt_block_indexes
+    kind = "full attention" if full else "window attention"
+    panels = []
+    for values, marker, what, extra in (
+        (dense[query], centre, "attention from the centre patch (outlined)", "sums to 1 over what it sees"),
+        (dense.mean(0), None, "mean attention received per patch", f"uniform would be {1 / n:.3g}"),
+    ):
+        grid_values = patch_grid_values(values, grid)
+        vmin, vmax = float(grid_values.min()), float(grid_values.max())
+        panels.append(
+            draw_scaled_heatmap(
+                pixels,
+                grid_values,
+                vmin=vmin,
+                vmax=vmax,
+                marker=marker,
+                caption=[
+                    f"{config.name} (random weights): vision block {block} ({kind}), mean over {v.num_heads} heads",
+                    f"{what}; {extra}",
+                    f"colour: {vmin:.3g} (min) .. {vmax:.3g} (max), over a greyscale copy of the image",
+                ],
+            )
+        )
+    side_by_side(*panels).save(written[2])
 
     vgrid = tuple(video_in["video_grid_thw"][0].tolist())
     first = frames_from_patches(video_in["pixel_values_videos"], vgrid)[0]
@@ -178,13 +185,14 @@ def _demo_pictures(
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..generate.loop import stream
 
+    check_kernel_choice("cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     config = Config.preset(FAMILIES[args.family])
     model = QwenVL(config).eval()
     v = config.vision
-    print(
+    console.result(
         f"qwenvl-min demo: {config.name} with seeded random weights (no download), {torch.get_num_threads()} threads"
     )
 
@@ -206,14 +214,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         source = f"{size[0]}x{size[1]} px" + (
             f", {len(frames)} frames @ {fps:g} fps" if what == "video" else ""
         )
-        print(f"{what}: {source}")
-        print(
+        console.result(f"{what}: {source}")
+        console.result(
             f"  smart_resize      -> {resized[1]}x{resized[0]} px (multiples of 28; {budget[0]}..{budget[1]} px)"
         )
-        print(f"  grid (t, h, w)    {t} x {h} x {w} patches of {v.patch_size} px")
-        print(f"  patches           {rows[0]} rows x {rows[1]} values")
-        print(f"  windows           {window_summary(config, torch.tensor([[1, h, w]]))} (per temporal patch)")
-        print(f"  merged tokens     {t * h * w // v.merge_size**2} (2x2 patches each)")
+        console.result(f"  grid (t, h, w)    {t} x {h} x {w} patches of {v.patch_size} px")
+        console.result(f"  patches           {rows[0]} rows x {rows[1]} values")
+        console.result(
+            f"  windows           {window_summary(config, torch.tensor([[1, h, w]]))} (per temporal patch)"
+        )
+        console.result(f"  merged tokens     {t * h * w // v.merge_size**2} (2x2 patches each)")
 
     # prompt: a few stand-in text ids around the two vision blocks (the tiny model has no tokenizer)
     vision = image_in | video_in
@@ -224,10 +234,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     positions, deltas = get_rope_index(
         config, ids, vision["image_grid_thw"], vision["video_grid_thw"], vision.get("second_per_grid_ts")
     )
-    print(f"prompt: {ids.shape[1]} tokens; 3-D positions (t, h, w):")
-    print("\n".join(_position_summary(config, ids, positions)))
+    console.result(f"prompt: {ids.shape[1]} tokens; 3-D positions (t, h, w):")
+    console.result("\n".join(_position_summary(config, ids, positions)))
     top = int(positions.max())
-    print(
+    console.result(
         f"  delta {int(deltas[0, 0])}: new token n takes position {ids.shape[1]} + n + ({int(deltas[0, 0])}) = {top + 1} + n on all axes"
     )
 
@@ -247,12 +257,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tokens.append(int(step[0]))
     t_prefill = stamps[0] - t0
     per_token = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-    print(
+    console.result(
         f"timings: preprocess {_ms(t_pre)} | vision tower (image, with attention tap) {_ms(t_vision)} | "
         f"prefill incl. vision {_ms(t_prefill)} | decode {_ms(per_token)}/token"
     )
-    print(f"generated ids: {tokens}  (random weights: ids, not words)")
+    console.result(f"generated ids: {tokens}  (random weights: ids, not words)")
 
     written = _demo_pictures(out, config, image_in, video_in, taps.cache[maps_name], block, len(frames))
-    print("wrote: " + "  ".join(str(p) for p in written))
+    console.status("wrote: %s", "  ".join(str(p) for p in written))
     return 0

@@ -10,9 +10,10 @@ import torch.distributed as dist
 from ..model.qwenvl import QwenVL
 from ..parallel.launch import DistContext, init_distributed, tp_mesh
 from ..parallel.sharded_load import load_sharded
+from ..utils.dtypes import parse_dtype
 from ..utils.validate import guard_finite_hidden_states
 from ..weights_convert.checkpoint import CheckpointError
-from .support import DTYPES, CliError
+from .support import CliError, check_kernel_choice
 
 T = TypeVar("T")
 
@@ -23,9 +24,10 @@ def load_tp_model(
     """Join the torchrun job and load `path` sharded over all of its ranks (`--tp` must equal the world).
     `finite_guard` as in `support.load_model` (off under compiled decoding)."""
     context = init_distributed(device)
+    check_kernel_choice(str(context.device))
     mesh = tp_mesh(context, tp)
     try:
-        model = load_sharded(path, mesh, dtype=None if dtype is None else DTYPES[dtype], verify=verify)
+        model = load_sharded(path, mesh, dtype=None if dtype is None else parse_dtype(dtype), verify=verify)
     except CheckpointError as err:
         raise CliError(f"{err} (`qwenvl-min convert SRC DST` runs the same converter)") from err
     if finite_guard:

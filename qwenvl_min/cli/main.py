@@ -1,7 +1,7 @@
 """The `qwenvl-min` console script.
 
     qwenvl-min demo [--out DIR] [--family qwen2.5-vl|qwen2-vl]     tiny seeded model, token flow, PNGs
-    qwenvl-min inspect IMAGE|VIDEO [--min-pixels N --max-pixels N --out PNG]   token cost, no weights
+    qwenvl-min inspect IMAGE|VIDEO [--model DIR] [--png PATH]       token cost (that checkpoint's budget), no weights
     qwenvl-min run --model DIR|HUB_ID --image F --prompt TEXT         streamed answer
     torchrun --nproc-per-node N -m qwenvl_min run --tp N --model DIR ...   the same, tensor parallel
     qwenvl-min latents --model DIR --taps NAMES --out DIR INPUTS...   taps -> one .safetensors per input
@@ -9,39 +9,38 @@
     qwenvl-min attend --model DIR --image F --prompt TEXT --out DIR   where answer tokens look (PNGs)
     qwenvl-min convert SRC DST                                        HF checkpoint -> ours
 
-Global options (before or after the subcommand): `--version`; `-q` (warnings and errors only, no progress
-bars; `-qq` errors only) and `-v` (debug detail) set the level of the `qwenvl_min` logger, which writes
-status and progress to stderr; results go to stdout (`--json` on `inspect` and `latents`: one JSON object,
-schema in docs/cli.md).
+Global options (before or after the subcommand): `--version`; `-q` (no status lines or progress bars;
+`-qq` errors only) and `-v` (debug detail) set the level of the `qwenvl_min` logger. Where results, status
+and errors go is decided in one place, `qwenvl_min.utils.console` (results on stdout, `--json` on
+`inspect`, `run` and `latents` as one JSON object, schemas in docs/cli.md; status and progress on stderr).
 
 Inputs are told apart by suffix: VIDEO_SUFFIXES are videos (decoded with PyAV), anything else an image.
 Exit status: 0 success; 1 an error the user can fix (missing file, bad checkpoint, unknown tap, prompt
-too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors
-(argparse); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial.
+too long, resource budget exceeded, out of memory), printed as one `error:` line; 2 usage errors (one
+`error:` line too); 130 Ctrl-C; 143 SIGTERM. Interrupted runs leave nothing partial. A checkpoint shard
+changed under a run ends it with SIGBUS and one line naming the shard (`qwenvl_min.utils.mapped_files`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from ..utils.progress import LOGGER_NAME
+from ..utils import console
 from ..utils.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 from . import attend, convert, demo, inspect, latents, run
 from .support import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = console.Parser(
         prog="qwenvl-min", description="Qwen2-VL / Qwen2.5-VL / Qwen3-VL in small, readable PyTorch"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     _add_verbosity(parser, default=0)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommands are console.Parser too
     for command in (demo, inspect, run, latents, attend, convert):
         command.register(sub)
     for subcommand in sub.choices.values():  # -q / -v after the subcommand too (absent: the global value)
@@ -58,34 +57,20 @@ def package_version() -> str:
 
 def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
-        "-q", "--quiet", action="count", default=default, help="warnings and errors only, no progress bars"
+        "-q",
+        "--quiet",
+        action="count",
+        default=default,
+        help="no status lines or progress bars (-qq: errors only)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=default, help="debug detail on stderr")
 
 
-def _log_level(args: argparse.Namespace) -> int:
-    """INFO by default; each -q one level up (WARNING, ERROR), -v down to DEBUG."""
-    steps = getattr(args, "quiet", 0) - getattr(args, "verbose", 0)
-    return min(logging.ERROR, max(logging.DEBUG, logging.INFO + 10 * steps))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # status and progress through the package logger, to the stderr of this call; restored afterwards so
-    # that a program calling main() keeps its own logging setup
-    logger = logging.getLogger(LOGGER_NAME)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    before = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(_log_level(args))
-    logger.propagate = False
-    try:
+    # where status, results and errors go: `qwenvl_min.utils.console`, the one rule for every command
+    with console.command_output(console.log_level(getattr(args, "quiet", 0), getattr(args, "verbose", 0))):
         return _run_command(args)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(before[0])
-        logger.propagate = before[1]
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -93,24 +78,16 @@ def _run_command(args: argparse.Namespace) -> int:
         with terminate_as_exception():
             return int(args.func(args))
     except CliError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        console.error(err)
     except (OSError, ValueError, KeyError, ImportError) as err:
         # the library's own errors already say what is wrong and what to do
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {_one_line(message)}", file=sys.stderr)
+        console.error(err.args[0] if isinstance(err, KeyError) and err.args else err)
     except MemoryError:
-        print(
-            "error: out of memory; lower --max-pixels / --max-vision-tokens, or use a smaller --dtype",
-            file=sys.stderr,
-        )
+        console.error("out of memory; lower --max-pixels / --max-vision-tokens, or use a smaller --dtype")
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        console.error("interrupted")
         return EXIT_INTERRUPTED
     except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
+        console.error("terminated (SIGTERM)")
         return EXIT_TERMINATED
     return 1
-
-
-def _one_line(message: object) -> str:
-    return " ".join(str(message).split())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
-from .support import DTYPES
+from ..utils.dtypes import DtypeError, accepted, dtype_name, parse_dtype
 
 FEWER_TOKENS = (
     "use fewer vision tokens: --max-pixels (images and video frames), --fps / --num-frames / --max-frames / "
@@ -64,6 +64,15 @@ def add_pixel_budget(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def dtype_argument(value: str) -> str:
+    """--dtype: any spelling of the table in `qwenvl_min.utils.dtypes`, kept as its canonical name (what
+    outputs record: `--dtype fp16` and `--dtype float16` are the same run)."""
+    try:
+        return dtype_name(parse_dtype(value))
+    except DtypeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -72,9 +81,10 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        type=dtype_argument,
         default=None,
-        help="cast the weights (default: the dtype config.json names, else as stored)",
+        metavar="DTYPE",
+        help=f"cast the weights to {accepted()} (default: the dtype config.json names, else as stored)",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument(

@@ -4,7 +4,6 @@ window summaries, loading a checkpoint (HF or converted), and the error type the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
 from ..inputs.checkpoint_settings import VisionSettings, family_settings, image_settings, video_settings
+from ..inputs.input_lists import VIDEO_SUFFIXES
 from ..inputs.preprocess import (
     IMAGE_MAX_PIXELS,
     IMAGE_MIN_PIXELS,
@@ -26,15 +26,16 @@ from ..inputs.preprocess import (
 )
 from ..inputs.vision_messages import PreparedVision, prepare_vision
 from ..model.config import QWEN3, Config
+from ..model.dispatch import KERNELS_ENV, resolve_kernels
 from ..model.geometry import window_unit_order
 from ..model.qwenvl import QwenVL
 from ..utils.devices import DeviceError, check_device
+from ..utils.dtypes import parse_dtype
+from ..utils.faults import pause_point
+from ..utils.mapped_files import report_bus_errors
 from ..utils.validate import guard_finite_hidden_states
-from ..weights_convert.safetensors_io import header_sha256
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
 # inspect: the released vision geometry of each family
 RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b", "qwen3-vl": "qwen3-vl-8b"}
@@ -46,6 +47,15 @@ class CliError(Exception):
 
 def is_video(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def check_input_file(path: str | os.PathLike[str], kind: str) -> None:
+    """Before any weights are read: `path` is a file. The words are the readers' own (`inspect` and
+    `latents` say the same when the reader finds it): `kind` is "an image" or "a video"."""
+    if os.path.isdir(path):
+        raise CliError(f"expected {kind} file, got a directory: {os.fspath(path)!r}")
+    if not os.path.exists(path):
+        raise CliError(f"{kind.split()[-1]} file not found: {os.fspath(path)!r}")
 
 
 @dataclass(frozen=True)
@@ -164,18 +174,6 @@ def preprocess(
     return image_inputs(path, min_pixels, max_pixels, max_tokens, settings)
 
 
-def checkpoint_fingerprint(directory: Path) -> str:
-    """sha256 naming a checkpoint's weights cheaply: our manifest when there is one, else config.json and
-    every safetensors file's size and header (names, dtypes, shapes, offsets)."""
-    manifest = directory / "manifest.json"
-    if manifest.is_file():
-        return hashlib.sha256(manifest.read_bytes()).hexdigest()
-    digest = hashlib.sha256((directory / "config.json").read_bytes())
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(f"{path.name}:{path.stat().st_size}:{header_sha256(path)}".encode())
-    return digest.hexdigest()
-
-
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
     """(1, T) ids holding just the vision blocks, <|vision_start|> pads <|vision_end|> each: what `latents`
     runs (no tokenizer needed) and what the demo's prompt is built around. Qwen3-VL videos are one block
@@ -209,6 +207,29 @@ def window_summary(config: Config, grid_thw: Tensor) -> str:
     return f"{len(sizes)} of up to {side}x{side} patches ({counts} patches); full-frame blocks: {full}"
 
 
+def check_kernel_choice(device: str) -> None:
+    """QWENVL_MIN_KERNELS=1 (the Triton kernels everywhere) where they cannot run: one line before any
+    weights are read, instead of a traceback from the first forward."""
+    try:
+        choice = resolve_kernels(None)
+    except ValueError as err:  # a value other than 0 / 1
+        raise CliError(str(err)) from None
+    except RuntimeError as err:  # triton is not importable
+        raise CliError(f"{KERNELS_ENV}=1: {err}") from None
+    if choice != "triton":
+        return
+    from ..kernels import check_device as check_kernel_device
+
+    try:
+        check_kernel_device(device)
+    except RuntimeError as err:
+        reason = str(err).split(": ", 1)[-1]  # the check's own words, without its op name
+        raise CliError(
+            f"{KERNELS_ENV}=1 asks for the Triton kernels, which cannot run on {device} here: {reason}; or "
+            f"unset {KERNELS_ENV} (or set it to 0) for the torch path"
+        ) from None
+
+
 def load_model(
     path: str, dtype: str | None, device: str, verify: bool = False, finite_guard: bool = True
 ) -> QwenVL:
@@ -223,15 +244,18 @@ def load_model(
         check_device(device)  # before reading any weights
     except DeviceError as err:
         raise CliError(str(err)) from None
+    check_kernel_choice(device)
+    report_bus_errors()  # a shard changed under the run ends with a line saying so, not a bare SIGBUS
     started = time.perf_counter()
     try:
         model = from_pretrained(
-            path, dtype="auto" if dtype is None else DTYPES[dtype], device=device, verify=verify
+            path, dtype="auto" if dtype is None else parse_dtype(dtype), device=device, verify=verify
         )
     except CheckpointError as err:
         raise CliError(str(err)) from err
     if finite_guard:
         guard_finite_hidden_states(model)
+    pause_point("cli.model_loaded")
     log.debug(
         "loaded %s (%s, %s, %s) in %.1f s",
         model.checkpoint_dir,

@@ -3,7 +3,7 @@
 The model is built on the meta device (no random init, no memory), the shards are memory-mapped
 (private, copy-on-write: the files never change and pages are read when first touched), and the
 tensors are assigned as the parameters (strict: every key present, none extra, shapes as configured).
-Nothing is unpickled. Make a checkpoint with `python -m qwenvl_min.weights_convert HF_DIR OUT_DIR`.
+Nothing is unpickled. Make a checkpoint with `qwenvl-min convert HF_DIR OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from ..model.qwenvl import QwenVL
 from ..utils.devices import check_device
+from ..utils.mapped_files import note_mapped
 from ..weights_convert.checkpoint import CheckpointError, read_our_config, scan_weights, verify_manifest
 from ..weights_convert.mapping import MappingError, check_state_dict
 from ..weights_convert.safetensors_io import mmap_tensors, read_header
@@ -54,10 +55,16 @@ def load(
     except MappingError as err:
         raise CheckpointError(f"{directory}: {err}; re-convert the checkpoint") from err
     verify_manifest(directory, full=verify)
+    viewed = False
     for key, tensor in state.items():
+        kept = tensor
         if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        state[key] = tensor.to(device)
+            kept = kept.to(dtype)
+        kept = kept.to(device)
+        viewed |= kept.data_ptr() == tensor.data_ptr() and tensor.numel() > 0
+        state[key] = kept
+    if viewed:  # a SIGBUS report can name the shards (qwenvl_min.utils.mapped_files)
+        note_mapped(directory, files)
     with torch.device("meta"):
         model = QwenVL(config)
     model.load_state_dict(state, strict=True, assign=True)

@@ -15,7 +15,8 @@ Loading an HF directory:
   first used). Cast or moved to another device, the converted tensor is the only copy: the source pages
   just read are dropped from the map right away, so peak memory stays about one copy of the weights in
   the requested dtype.
-As with `load`: do not modify or truncate the shards while a model mapped from them runs.
+As with `load`: do not modify or truncate the shards while a model mapped from them runs (the shards kept
+as views are recorded with `qwenvl_min.utils.mapped_files.note_mapped`, so a SIGBUS report can name them).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from torch import Tensor
 from ..generate.settings import generation_settings
 from ..model.config import Config, ConfigError
 from ..model.qwenvl import QwenVL
-from ..utils.devices import check_device
+from ..utils.dtypes import DtypeError, accepted, parse_dtype
+from ..utils.mapped_files import note_mapped
 from ..weights_convert.checkpoint import CONFIG_FILE, CheckpointError, is_converted, read_json, scan_weights
-from ..weights_convert.convert import DTYPE_CHOICES, resolve_source
+from ..weights_convert.convert import resolve_source
 from ..weights_convert.mapping import MappingError, hf_state_dict_to_ours, hf_tensor_to_ours, plan_hf_to_ours
 from ..weights_convert.numerics import LOADABLE
 from ..weights_convert.safetensors_io import TensorInfo
 from .load import load
+from .load_options import device_option, dtype_option, kernels_option
 
 _PAGE = mmap.PAGESIZE
 
@@ -47,18 +50,29 @@ def from_pretrained(
     path_or_hub_id: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     verify: bool = False,
+    torch_dtype: str | torch.dtype | None = None,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
 ) -> QwenVL:
     """A QwenVL in eval mode; `model.checkpoint_dir` is the resolved directory and
     `model.generation_settings` its generation_config.json (the defaults of `qwenvl_min.generate`); its
     processor files and chat template are read by `qwenvl_min.Processor.from_pretrained`.
 
-    dtype: "auto" (the dtype config.json names, else as stored), a torch floating dtype, or one of
-    "float32", "bfloat16", "float16". device: where the weights end up ("cpu", "cuda", "cuda:1").
-    verify: check the sha256 of every shard of a converted checkpoint against its manifest (HF
-    checkpoints have no manifest: asking for it there is an error).
+    dtype: "auto" (the dtype config.json names, else as stored), a torch floating dtype, or a name of
+    `qwenvl_min.utils.dtypes` ("float32" / "fp32", "bfloat16" / "bf16", "float16" / "fp16" / "half", ...).
+    device: where the weights end up ("cpu", the default, "cuda", "cuda:1"). verify: check the sha256 of
+    every shard of a converted checkpoint against its manifest (HF checkpoints have no manifest: asking
+    for it there is an error).
+
+    transformers' spellings (`qwenvl_min.hf.load_options`): torch_dtype (= dtype), device_map (one device,
+    "auto" included), attn_implementation ("sdpa" / "eager": the torch path, "flash_attention_2": the
+    Triton kernels on CUDA).
     """
+    dtype = dtype_option(dtype, torch_dtype)
+    device = device_option(device, device_map)
+    kernels = kernels_option(attn_implementation, device)
     directory, _ = resolve_source(path_or_hub_id)
     config_json = read_json(directory / CONFIG_FILE, "the model config")
     if is_converted(config_json):
@@ -71,6 +85,8 @@ def from_pretrained(
                 "checks the checksums our converter records); drop verify"
             )
         model = _from_hf_directory(directory, config_json, dtype, device)
+    if kernels is not None:
+        model.set_kernels(kernels)
     model.checkpoint_dir = directory
     model.generation_settings = generation_settings(directory)
     return model
@@ -97,40 +113,35 @@ def from_hf(config: Any, state_dict: Mapping[str, Tensor], *, share: bool = Fals
 
 
 def _requested_dtype(dtype: str | torch.dtype, named: object, directory: Path) -> torch.dtype | None:
-    """None keeps each tensor as stored; "auto" takes config.json's dtype when it names one."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in LOADABLE:
-            raise CheckpointError(
-                f"dtype {dtype} cannot hold model weights; use torch.float32, torch.bfloat16 or torch.float16"
-            )
-        return dtype
-    if dtype == "auto":
+    """None keeps each tensor as stored; "auto" takes config.json's dtype when it names one. Names are read
+    by the one spelling table (`qwenvl_min.utils.dtypes`: "bf16", "half", "torch.float16", ...)."""
+    if isinstance(dtype, torch.dtype) and dtype not in LOADABLE:
+        raise CheckpointError(
+            f"dtype {dtype} cannot hold model weights; use torch.float32, torch.bfloat16 or torch.float16"
+        )
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto":
         if named is None:
             return None
-        if not isinstance(named, str) or named.removeprefix("torch.") not in DTYPE_CHOICES:
+        try:
+            return parse_dtype(named)  # type: ignore[arg-type]
+        except DtypeError:
             raise CheckpointError(
-                f"{directory / CONFIG_FILE} names dtype {named!r}, which is not float32, bfloat16 or float16; "
-                "pass dtype= explicitly"
-            )
-        return DTYPE_CHOICES[named.removeprefix("torch.")]
-    if isinstance(dtype, str) and dtype.lower() in DTYPE_CHOICES:
-        return DTYPE_CHOICES[dtype.lower()]
-    raise CheckpointError(
-        f'invalid dtype {dtype!r}: use "auto", a torch dtype, or one of float32, bfloat16, float16'
-    )
+                f"{directory / CONFIG_FILE} names dtype {named!r}, which is none of {accepted()}; pass "
+                "dtype= explicitly"
+            ) from None
+    try:
+        return parse_dtype(dtype)
+    except DtypeError as err:
+        raise CheckpointError(f'{err}, or "auto" (the dtype config.json names)') from None
 
 
 def _from_hf_directory(
-    directory: Path, config_json: dict, dtype: str | torch.dtype, device: str | torch.device
+    directory: Path, config_json: dict, dtype: str | torch.dtype, target_device: torch.device
 ) -> QwenVL:
     try:
         config = Config.from_hf(config_json)
     except ConfigError as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
-    try:
-        target_device = check_device(device, option="device")
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
     named = config_json.get("dtype", config_json.get("torch_dtype"))
     requested = _requested_dtype(dtype, named, directory)
     weights = scan_weights(directory)  # headers only: index against shards, every key's file and offsets
@@ -161,6 +172,7 @@ def _from_hf_directory(
         del lm_head, embed
         maps.drop(*weights[plan.tied_lm_head])
     state: dict[str, Tensor] = {}
+    viewed: set[Path] = set()  # shards some parameter stays a view of
     for key, hf_key in plan.sources.items():
         path, info = weights[hf_key]
         source = hf_tensor_to_ours(config, key, maps.view(path, info))
@@ -169,7 +181,10 @@ def _from_hf_directory(
             tensor = tensor.to(requested)
         if tensor.data_ptr() != source.data_ptr() or tensor.device != source.device:
             maps.drop(path, info)  # the converted copy is all we keep: release the pages just read
+        else:
+            viewed.add(path)
         state[key] = tensor
+    note_mapped(directory, viewed)  # a SIGBUS report can name them (qwenvl_min.utils.mapped_files)
     with torch.device("meta"):
         model = QwenVL(config)
     model.load_state_dict(state, strict=True, assign=True)

@@ -92,17 +92,18 @@ def _data_uri_bytes(source: str) -> bytes:
         raise ValueError(f"the base64 payload of {header},... is not valid base64") from None
 
 
-def _image_from_bytes(data: bytes, what: str) -> Image.Image:
+def _image_from_bytes(data: bytes, where: str) -> Image.Image:
+    """The image in `data`; `where` names its source in errors (a URL, or "a data: URI (data:image/png;...)")."""
     try:
         image = Image.open(io.BytesIO(data))
-        check_source_size(f"image {what}", image.width, image.height)
+        check_source_size(f"the image in {where}", image.width, image.height)
         image.load()
     except UnidentifiedImageError:
-        raise ValueError(f"{what} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+        raise ValueError(f"{where} holds no image PIL can read (PNG, JPEG, WebP, ...)") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"image {what} is over PIL's decoding limit ({e})") from None
+        raise ValueError(f"the image in {where} is over PIL's decoding limit ({e})") from None
     except OSError as e:
-        raise ValueError(f"could not read image {what}: {e}") from e
+        raise ValueError(f"could not read the image in {where}: {e}") from e
     return image
 
 
@@ -124,7 +125,8 @@ def image_source(source: Any, limits: FetchLimits) -> Image.Image:
             raise ValueError(
                 f"a data: URI for an image must be data:image/...;base64, got {source[:30]!r}..."
             )
-        return load_rgb(_image_from_bytes(_data_uri_bytes(source), "from a data: URI"))
+        header = source.partition(",")[0]
+        return load_rgb(_image_from_bytes(_data_uri_bytes(source), f"a data: URI ({header},...)"))
     return load_rgb(_local_path(source))
 
 

@@ -122,6 +122,13 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+    if (
+        h_bar == 0 or w_bar == 0
+    ):  # HF returns it and fails later: a side under factor / 2 with tiny min_pixels
+        raise ValueError(
+            f"a {height}x{width} (h x w) image rounds to {h_bar}x{w_bar} pixels with min_pixels={min_pixels}; "
+            f"raise min_pixels to at least {factor * factor} (one {factor}x{factor} block) or enlarge the image"
+        )
     return h_bar, w_bar
 
 

@@ -151,7 +151,11 @@ class Processor:
         `vision`: a `prepare_vision(messages)` result instead of images / videos (how HF's processor takes
         qwen-vl-utils' output): its images and frames are already resized and sampled and are used as they
         are, with `second_per_grid_ts` from their sampled fps (Qwen3-VL: timestamps from their frame
-        numbers, as transformers computes them from qwen-vl-utils' video metadata)."""
+        numbers, as transformers computes them from qwen-vl-utils' video metadata). An empty list of images
+        or videos is the same as none."""
+        _check_text(text)
+        images = None if isinstance(images, (list, tuple)) and not images else images
+        videos = None if isinstance(videos, (list, tuple)) and not videos else videos
         out: dict[str, Tensor] = {}
         timestamps: list[list[float]] | None = None
         if vision is not None:
@@ -255,3 +259,21 @@ class Processor:
     ) -> settings.VisionSettings:
         changes = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         return dataclasses.replace(base, **changes) if changes else base
+
+
+def _check_text(text: object) -> None:
+    """The prompt must be there: a non-empty string, or a non-empty list of them (one per batch row)."""
+    hint = "e.g. text=processor.apply_chat_template(messages), which holds one vision placeholder per image"
+    if text is None:
+        raise ValueError(f"text is missing: the processor needs the prompt ({hint})")
+    rows = [text] if isinstance(text, str) else text
+    if not isinstance(rows, Sequence) or not all(isinstance(row, str) for row in rows):
+        raise TypeError(
+            f"text must be a string or a list of strings (one per batch row), got {type(text).__name__}"
+        )
+    if not rows:
+        raise ValueError(f"text is an empty list: give one prompt per batch row ({hint})")
+    empty = [i for i, row in enumerate(rows) if not row]
+    if empty:
+        where = "text is" if isinstance(text, str) else f"text row(s) {empty} are"
+        raise ValueError(f"{where} empty: give the prompt ({hint})")

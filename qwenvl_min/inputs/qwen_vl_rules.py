@@ -59,6 +59,11 @@ def frame_count(
     """How many frames of a `total`-frame stretch at `video_fps` are kept (qwen-vl-utils' smart_nframes)."""
     if fps is not None and nframes is not None:
         raise ValueError("give a video either fps (frames per second to keep) or nframes (a count), not both")
+    if total < FRAME_FACTOR:  # no sampling choice can fix this: say what the input is instead
+        raise ValueError(
+            f"a video needs at least {FRAME_FACTOR} frames (the model reads frames in pairs) and this one has "
+            f"{total} in the chosen range; pass a single picture as an image instead"
+        )
     if nframes is not None:
         count = round(positive_int("nframes", nframes) / FRAME_FACTOR) * FRAME_FACTOR
     else:

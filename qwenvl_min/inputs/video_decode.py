@@ -63,6 +63,12 @@ class VideoHeader:
     start_time: float  # seconds of the first frame (usually 0)
 
 
+def _is_still_image(format_name: str) -> bool:
+    """FFmpeg reads pictures as one-frame "videos" through its image demuxers (image2, jpeg_pipe, png_pipe,
+    webp_pipe, ...): a picture passed as a video is named as such instead of failing as a short video."""
+    return format_name == "image2" or format_name.endswith("_pipe")
+
+
 def probe(path: str | os.PathLike, fps: float | None = None) -> VideoHeader:
     """Open a video file and read its rate, size and frame count. `fps` replaces the stated rate."""
     av = _av()
@@ -75,6 +81,10 @@ def probe(path: str | os.PathLike, fps: float | None = None) -> VideoHeader:
         with av.open(path) as container:
             if not container.streams.video:
                 raise ValueError(f"{path!r} has no video stream")
+            if _is_still_image(container.format.name):
+                raise ValueError(
+                    f"{path!r} is a still image ({container.format.name}), not a video; pass it as an image"
+                )
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             width, height = stream.codec_context.width, stream.codec_context.height

@@ -70,7 +70,7 @@ FRAME_LIST_KEYS = frozenset({"type", "video", "total_pixels", "sample_fps", *_SI
 DEFAULT_FETCH = FetchLimits()
 
 
-@dataclass(frozen=True, eq=False)  # holds arrays: compare fields yourself
+@dataclass(frozen=True, eq=False, repr=False)  # holds arrays: compare fields yourself
 class SampledVideo:
     """One video after sampling and resizing: the frames the model sees and the rate they stand for."""
 
@@ -82,8 +82,21 @@ class SampledVideo:
     video_fps: float | None  # the file's frame rate (None for a frame list)
     total_frames: int  # frames in the chosen range of the file (a frame list: its padded length)
 
+    def __repr__(self) -> str:
+        """Sizes and counts, never the pixels: e.g. SampledVideo(6 frames of 392x280 at 2 fps, source frames
+        0..29 of 30 at 15 fps)."""
+        t, h, w = self.frames.shape[:3]
+        kept = f"{t} frames of {w}x{h} at {self.sample_fps:g} fps"
+        if self.video_fps is None:
+            return f"SampledVideo({kept}, from a list of {self.total_frames} frames)"
+        first, last = self.frame_indices[0], self.frame_indices[-1]
+        return (
+            f"SampledVideo({kept}, source frames {first}..{last} of {self.total_frames} at "
+            f"{self.video_fps:g} fps)"
+        )
 
-@dataclass(frozen=True, eq=False)
+
+@dataclass(frozen=True, eq=False, repr=False)
 class PreparedVision:
     """The vision items of some chat messages, in order, ready for the prompt builder and the model."""
 
@@ -92,6 +105,19 @@ class PreparedVision:
     patch_size: int = PATCH_SIZE
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE
     merge_size: int = MERGE_SIZE
+
+    def __repr__(self) -> str:
+        """Kinds, sizes and frame counts, never the pixels: e.g. PreparedVision(images: 2 [308x224, 56x56];
+        videos: 1 [6 frames of 392x280 at 2 fps]; patch 14, merge 2)."""
+        images = ", ".join(f"{im.width}x{im.height}" for im in self.images)
+        videos = ", ".join(
+            f"{len(v.frames)} frames of {v.frames.shape[2]}x{v.frames.shape[1]} at {v.sample_fps:g} fps"
+            for v in self.videos
+        )
+        return (
+            f"PreparedVision(images: {len(self.images)} [{images}]; videos: {len(self.videos)} [{videos}]; "
+            f"patch {self.patch_size}, merge {self.merge_size})"
+        )
 
     @property
     def image_grid_thw(self) -> torch.Tensor | None:

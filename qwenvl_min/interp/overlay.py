@@ -2,6 +2,8 @@
 
 Everything here works from the model's own inputs (pixel_values rows and grid_thw), so a picture shows
 exactly the pixels, patches, 2x2 merge blocks and attention windows the model uses, after smart_resize.
+Heatmaps (`draw_scaled_heatmap`) are blended over a greyscale copy of the frame, on a fixed scale shown by
+a colour bar, so the picture's own colours never read as heat.
 
 Shapes (letters as in docs/design.md, "Shape legend"): N; h x w patches per frame of p x p pixels (p = 14).
 """
@@ -117,33 +119,6 @@ def heat_colors(values: np.ndarray) -> np.ndarray:
     return (_HEAT[low] * (1 - frac) + _HEAT[low + 1] * frac).round().astype(np.uint8)
 
 
-def draw_heatmap(
-    frame: np.ndarray,
-    values: np.ndarray,
-    *,
-    patch_size: int = 14,
-    marker: tuple[int, int] | None = None,
-    caption: list[str] | None = None,
-    alpha: float = 0.65,
-) -> Image.Image:
-    """Per-patch values (h, w) min-max scaled, colored and blended over the resized frame; `marker` outlines
-    one patch (row, col), e.g. the query of an attention map."""
-    base = Image.fromarray(frame).convert("RGB")
-    span = float(values.max() - values.min())
-    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    heat = heat_colors(scaled).repeat(patch_size, axis=0).repeat(patch_size, axis=1)
-    blended = Image.blend(base, Image.fromarray(heat), alpha)
-    s = _scale_for(base.width, base.height)
-    blended = blended.resize((base.width * s, base.height * s), Image.Resampling.NEAREST)
-    if marker is not None:
-        r, c = marker
-        step = patch_size * s
-        ImageDraw.Draw(blended).rectangle(
-            [c * step, r * step, (c + 1) * step - 1, (r + 1) * step - 1], outline=(0, 255, 255), width=2
-        )
-    return _with_caption(blended, caption or [])
-
-
 def patch_grid_values(values: Tensor, grid_thw: tuple[int, int, int], merge_size: int = 2) -> np.ndarray:
     """Per-row values (N,) of one image in pixel_values row order -> (h, w) array over the patch grid
     (first temporal patch)."""
@@ -184,6 +159,16 @@ def _colorbar(height: int, vmin: float, vmax: float, background: tuple[int, int,
     return strip
 
 
+WINDOW_EDGE = (80, 200, 255)  # window outlines on heatmaps: a blue no heat colour over grey can take
+MARKER = (0, 255, 255)  # the outline of a marked patch (e.g. the query of an attention map)
+
+
+def greyscale(frame: np.ndarray) -> Image.Image:
+    """The frame's luminance as an RGB image: heat drawn over it reads as heat, not as the picture's own
+    colours (a yellow object would look hot on a yellow-topped scale)."""
+    return Image.fromarray(frame).convert("L").convert("RGB")
+
+
 def draw_scaled_heatmap(
     frame: np.ndarray,
     values: np.ndarray,
@@ -193,20 +178,46 @@ def draw_scaled_heatmap(
     patch_size: int = 14,
     caption: list[str] | None = None,
     alpha: float = 0.65,
+    marker: tuple[int, int] | None = None,
+    window_patches: int | None = None,
 ) -> Image.Image:
-    """Per-patch values (h, w) coloured on the fixed scale vmin..vmax and blended over the resized frame,
-    with a colour bar labelled with the scale's ends on the right and `caption` below.
+    """Per-patch values (h, w) coloured on the fixed scale vmin..vmax and blended over a greyscale copy of
+    the resized frame, with a colour bar labelled with the scale's ends on the right and `caption` below.
+    `marker` outlines one patch (row, col); `window_patches` outlines the attention windows (squares of
+    that many patches a side, tiled from the top-left: the windows of a Qwen2.5-VL window block).
 
     Size: (w*P*s + COLORBAR_WIDTH, h*P*s) before the caption (`caption_size`), s = the upscale of small
     inputs (`_scale_for`)."""
-    base = Image.fromarray(frame).convert("RGB")
+    base = greyscale(frame)
     heat = heat_colors(scale_position(values, vmin, vmax))
     heat = heat.repeat(patch_size, axis=0).repeat(patch_size, axis=1)
     blended = Image.blend(base, Image.fromarray(heat), alpha)
     s = _scale_for(base.width, base.height)
     blended = blended.resize((base.width * s, base.height * s), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(blended)
+    step = patch_size * s
+    if window_patches is not None:
+        side = window_patches * step
+        for x in range(side, blended.width, side):
+            draw.line([(x, 0), (x, blended.height - 1)], fill=WINDOW_EDGE, width=max(1, s // 2))
+        for y in range(side, blended.height, side):
+            draw.line([(0, y), (blended.width - 1, y)], fill=WINDOW_EDGE, width=max(1, s // 2))
+    if marker is not None:
+        r, c = marker
+        draw.rectangle([c * step, r * step, (c + 1) * step - 1, (r + 1) * step - 1], outline=MARKER, width=2)
     background = (24, 24, 28)
     panel = Image.new("RGB", (blended.width + COLORBAR_WIDTH, blended.height), background)
     panel.paste(blended, (0, 0))
     panel.paste(_colorbar(blended.height, vmin, vmax, background), (blended.width, 0))
     return _with_caption(panel, caption or [])
+
+
+def side_by_side(*pictures: Image.Image, gap: int = 8) -> Image.Image:
+    """Pictures in a row on the caption background, tops aligned."""
+    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+    panel = Image.new("RGB", (width, max(p.height for p in pictures)), (24, 24, 28))
+    x = 0
+    for picture in pictures:
+        panel.paste(picture, (x, 0))
+        x += picture.width + gap
+    return panel

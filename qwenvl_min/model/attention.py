@@ -132,7 +132,8 @@ def causal_attention_maps(q: Tensor, k: Tensor, mask: Tensor | None, scale: floa
     if mask is None:
         t, total = q.shape[2], k.shape[2]
         mask = torch.ones(t, total, dtype=torch.bool, device=q.device).tril(total - t)
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    # in place: the scores are this function's own, so masking them costs no second (B, H, T, K) buffer
+    return scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1)
 
 
 def causal_attention_from_maps(v: Tensor, probs: Tensor) -> Tensor:

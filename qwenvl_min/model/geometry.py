@@ -56,6 +56,19 @@ def rows_to_frames(
     return einops.rearrange(rows, pattern, **sizes)
 
 
+def rows_to_grid(values: Tensor, grid_thw: tuple[int, int, int], merge: int) -> Tensor:
+    """Per-row values of one item in image order: (t*h*w, ...) patch rows -> (t, h, w, ...)."""
+    t, h, w = grid_thw
+    pattern = f"({ROW_ORDER}) ... -> t (by iy) (bx ix) ..."
+    return einops.rearrange(values, pattern, t=t, by=h // merge, bx=w // merge, iy=merge, ix=merge)
+
+
+def merged_to_grid(values: Tensor, grid_thw: tuple[int, int, int], merge: int) -> Tensor:
+    """Per-merged-token values of one item in image order: (t*h*w/m², ...) -> (t, h/m, w/m, ...)."""
+    t, h, w = grid_thw
+    return einops.rearrange(values, "(t by bx) ... -> t by bx ...", t=t, by=h // merge, bx=w // merge)
+
+
 def patch_coordinates(grid_thw: Tensor, merge: int) -> Tensor:
     """(N, 2) int64 (row, col) patch coordinate of every pixel_values row of all items, in row order.
 

@@ -21,8 +21,19 @@ class ForwardOutput:
     logits: Tensor  # (B, T, V), or (B, logits_to_keep, V)
     positions: Tensor  # (3, B, T) the M-RoPE positions used
     rope_deltas: Tensor | None  # (B, 1) when positions were derived from the prompt (see positions.py)
-    cache: KVCache | None  # the cache passed in, now holding these tokens too
+    cache: KVCache | None  # the cache passed in (or made by use_cache=True), now holding these tokens too
     loss: Tensor | None = None  # () mean next-token cross entropy when `labels` were given
+    # output_hidden_states: L + 1 tensors (B, T, E): the embeddings with the vision features inserted, then
+    # each decoder layer's output, the last one after the final norm (as transformers returns them)
+    hidden_states: tuple[Tensor, ...] | None = None
+    # output_attentions: L tensors (B, H, T, K), each layer's softmax probabilities in the activation dtype
+    attentions: tuple[Tensor, ...] | None = None
+
+    def to_tuple(self) -> tuple:
+        """transformers' `return_dict=False` form: (loss, logits, cache, hidden_states, attentions), the
+        fields that are None left out, so `out[0]` is the loss with labels and the logits without."""
+        fields = (self.loss, self.logits, self.cache, self.hidden_states, self.attentions)
+        return tuple(value for value in fields if value is not None)
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ Shapes (letters as in docs/design.md, "Shape legend"): B, T, K, V, E, N, M.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -92,14 +93,30 @@ class QwenVL(nn.Module):
         path_or_hub_id: str | os.PathLike[str],
         *,
         dtype: str | torch.dtype = "auto",
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        device_map: Any = None,
+        attn_implementation: str | None = None,
+        **unsupported: Any,
     ) -> QwenVL:
         """A model in eval mode from a Hugging Face checkpoint directory (either key naming, single file or
         sharded, flat or nested config.json), a Hub id, or one of our converted directories; memory-mapped
-        and strict. See `qwenvl_min.hf.from_pretrained`."""
+        and strict. See `qwenvl_min.hf.from_pretrained`.
+
+        device defaults to the CPU. transformers' torch_dtype (= dtype), device_map (one device, "auto"
+        included) and attn_implementation are taken (`qwenvl_min.hf.load_options`); any other transformers
+        keyword (`unsupported`) is a one-line error naming what to use instead (`qwenvl_min.hf.keywords`)."""
         from .. import hf
 
-        return hf.from_pretrained(path_or_hub_id, dtype=dtype, device=device)
+        hf.refuse("from_pretrained", unsupported, _keywords(cls.from_pretrained))
+        return hf.from_pretrained(
+            path_or_hub_id,
+            dtype=dtype,
+            device=device,
+            torch_dtype=torch_dtype,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+        )
 
     # ---- taps: delegates to qwenvl_min.interp, which hooks into the module tree (and imports this module) --
     def taps(
@@ -121,6 +138,116 @@ class QwenVL(nn.Module):
 
         return taps.tap_names(self)
 
+    # ---- transformers' calls: delegates to qwenvl_min.hf, which keeps their conventions -----------------
+    # These methods (and `from_pretrained`) end in `**unsupported`: the transformers keywords they do not
+    # take, refused at once with a line saying what to use instead (`qwenvl_min.hf.keywords`), never passed
+    # on. `__call__` does the same for `forward`, whose signature stays exact.
+    def generate(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        pixel_values_videos: Tensor | None = None,
+        video_grid_thw: Tensor | None = None,
+        second_per_grid_ts: Tensor | list[float] | None = None,
+        mm_token_type_ids: Tensor | None = None,
+        generation_config: Any = None,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        use_cache: bool | None = None,
+        **unsupported: Any,
+    ) -> Tensor:
+        """transformers' `model.generate(**batch, max_new_tokens=...)`: prompt + new ids (B, T + n), n <= the
+        length asked for, greedy or sampled as transformers' keywords say, the defaults from the checkpoint's
+        generation_config.json (`self.generation_settings`). See `qwenvl_min.hf.generation`; any other
+        transformers keyword (`unsupported`) is a one-line error naming what to use instead.
+
+        `qwenvl_min.generate.generate(model, ...)` is the same loop with our own keywords (seed, stop_token_ids,
+        settings, compile, on_token), returning the new ids only."""
+        from .. import hf
+
+        hf.refuse("generate", unsupported, _keywords(self.generate))
+        vision = one_vision_value(
+            None, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts
+        )
+        requested = {
+            "max_new_tokens": max_new_tokens,
+            "max_length": max_length,
+            "do_sample": do_sample,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "repetition_penalty": repetition_penalty,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+            "use_cache": use_cache,
+        }
+        return hf.generate(
+            self, input_ids, attention_mask, vision, mm_token_type_ids, generation_config, requested
+        )
+
+    def get_image_features(
+        self,
+        pixel_values: Tensor,
+        image_grid_thw: Tensor,
+        *,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **unsupported: Any,
+    ) -> Any:
+        """transformers' `get_image_features`: `.pooler_output` a tuple of (M_i, E) merged features per image,
+        `.last_hidden_state` the (N, D) pre-merge features in pixel_values row order (transformers: window
+        order on Qwen2.5-VL); see `qwenvl_min.hf.features`. Other transformers keywords: a one-line error."""
+        from .. import hf
+
+        hf.refuse("get_image_features", unsupported, _keywords(self.get_image_features))
+        return hf.vision_features(
+            self, pixel_values, image_grid_thw, "pixel_values", output_hidden_states, return_dict
+        )
+
+    def get_video_features(
+        self,
+        pixel_values_videos: Tensor,
+        video_grid_thw: Tensor,
+        *,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **unsupported: Any,
+    ) -> Any:
+        """transformers' `get_video_features`: as `get_image_features`, per video."""
+        from .. import hf
+
+        hf.refuse("get_video_features", unsupported, _keywords(self.get_video_features))
+        return hf.vision_features(
+            self,
+            pixel_values_videos,
+            video_grid_thw,
+            "pixel_values_videos",
+            output_hidden_states,
+            return_dict,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`nn.Module.__call__` (hooks, then `forward`), after one check of the keyword names: a keyword
+        `forward` does not take, such as transformers' `past_key_values`, is a one-line error naming what to
+        use instead (`qwenvl_min.hf.keywords`) rather than Python's "unexpected keyword argument". This is
+        where `model(**processor_output, ...)` arrives; the keywords themselves pass on unchanged."""
+        unknown = kwargs.keys() - _FORWARD_KEYWORDS
+        if unknown:
+            from .. import hf
+
+            hf.refuse("forward", unknown, _FORWARD_KEYWORDS)
+        return super().__call__(*args, **kwargs)
+
     # ---- forward --------------------------------------------------------------------------------------
     def forward(
         self,
@@ -138,7 +265,11 @@ class QwenVL(nn.Module):
         positions: Tensor | None = None,
         logits_to_keep: int = 0,
         vision: VisionInputs | None = None,
-    ) -> ForwardOutput:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        use_cache: bool | None = None,
+        return_dict: bool = True,
+    ) -> ForwardOutput | tuple:
         """Logits for a prompt; left padding goes through attention_mask (1 valid, 0 pad).
 
         Takes every key of transformers' Qwen2-VL / Qwen2.5-VL / Qwen3-VL processor output and of ours
@@ -151,7 +282,33 @@ class QwenVL(nn.Module):
         tokens, and `positions` (3, B, T) must be given (see `positions.generation_positions`).
         `logits_to_keep` > 0 applies the lm_head to the last that many positions only (0: all): a prefill
         needs one, and at the real vocab (152k) the full projection costs more than the rest of it.
+
+        transformers' keywords, with its meanings (docs/hf.md):
+        - output_hidden_states: `.hidden_states`, L + 1 tensors (B, T, E): the embeddings with the vision
+          features inserted, then each decoder layer's output, the last one after the final norm (so
+          hidden_states[i] is tap `text.layers.{i-1}` for 0 < i < L, and hidden_states[L] is `text.norm`);
+        - output_attentions: `.attentions`, L tensors (B, H, T, K): each layer's softmax probabilities, in
+          the activation dtype, computed exactly (the materializing attention runs instead of `attend`);
+        - use_cache: True starts a `KVCache` when none is given (returned in `.cache`), False refuses one;
+        - return_dict=False: the tuple `ForwardOutput.to_tuple()` (loss, logits, cache, hidden_states,
+          attentions, the None ones left out).
         """
+        for name, flag in (
+            ("output_hidden_states", output_hidden_states),
+            ("output_attentions", output_attentions),
+            ("return_dict", return_dict),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(
+                    f"{name} must be True or False, got {flag!r} (to pick layers, index .hidden_states or "
+                    "read them with model.taps)"
+                )
+        if use_cache is not None and not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache must be True, False or None, got {use_cache!r}")
+        if use_cache is False and cache is not None:
+            raise ValueError("use_cache=False but a cache was given; pass one or the other")
+        if use_cache and cache is None:
+            cache = KVCache(self.config.text.num_layers)
         vision = one_vision_value(
             vision, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts
         )
@@ -167,14 +324,31 @@ class QwenVL(nn.Module):
             cache=cache,
             positions=positions,
         )
+        hidden_states: list[Tensor] | None = [] if output_hidden_states else None
+        attentions: list[Tensor] | None = [] if output_attentions else None
         hidden = self.text(
-            prepared.embeds, prepared.positions, prepared.key_valid, cache, prepared.deepstack
+            prepared.embeds,
+            prepared.positions,
+            prepared.key_valid,
+            cache,
+            prepared.deepstack,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )  # (B, T, E)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
         loss = None if labels is None else causal_lm_loss(logits, labels)
-        return ForwardOutput(logits, prepared.positions, prepared.rope_deltas, cache, loss)
+        out = ForwardOutput(
+            logits,
+            prepared.positions,
+            prepared.rope_deltas,
+            cache,
+            loss,
+            None if hidden_states is None else tuple(hidden_states),
+            None if attentions is None else tuple(attentions),
+        )
+        return out if return_dict else out.to_tuple()
 
     def prepare(
         self,
@@ -197,7 +371,11 @@ class QwenVL(nn.Module):
         if mm_token_type_ids is not None:
             check_mm_token_type_ids(cfg, input_ids, mm_token_type_ids)
         seconds = vision.for_positions(cfg)
-        embeds, deepstack = self._insert_vision(input_ids, self.text.embed_tokens(input_ids), vision)
+        embeds = self.text.embed_tokens(input_ids)  # (B, T, E)
+        deepstack = None
+        # decoding (a cache, no vision inputs): a generated pad id is a plain token, as in transformers
+        if not (past and vision.empty):
+            embeds, deepstack = self._insert_vision(input_ids, embeds, vision)
         deltas = None
         if positions is None:
             if past:
@@ -225,6 +403,10 @@ class QwenVL(nn.Module):
                 else type(input_ids)
             )
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, tokens), got {got}")
+        if input_ids.numel() == 0:  # else a reshape deep in the decoder fails
+            raise ValueError(
+                f"input_ids hold no tokens (shape {tuple(input_ids.shape)}); give at least one token per row"
+            )
         vocab = self.config.text.vocab_size
         if bool(((input_ids < 0) | (input_ids >= vocab)).any()):  # else nn.Embedding's "index out of range"
             raise ValueError(
@@ -238,6 +420,28 @@ class QwenVL(nn.Module):
                     f"attention_mask must have shape (batch, past + new tokens) = {expected}, "
                     f"got {tuple(attention_mask.shape)}"
                 )
+            self._check_masked_vision(input_ids, attention_mask[:, past:])
+
+    def _check_masked_vision(self, input_ids: Tensor, mask: Tensor) -> None:
+        """A vision pad token under attention_mask 0 gets no feature and no position (positions skip padded
+        slots), which would surface as a grid-count mismatch: name the row instead."""
+        cfg = self.config
+        pads = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)  # (B, T)
+        hidden = pads & (mask == 0)
+        if not bool(hidden.any()):
+            return
+        row = int(hidden.any(dim=1).nonzero()[0])
+        count = int(hidden[row].sum())
+        state = (
+            "is all 0 (the row holds no token)"
+            if not bool(mask[row].any())
+            else f"is 0 at {count} of its vision pad tokens"
+        )
+        raise ValueError(
+            f"attention_mask row {row} {state}, but input_ids row {row} holds {int(pads[row].sum())} image / "
+            "video pad tokens: a masked-out pad token gets no vision feature and no position; set the mask to 1 "
+            "over the row's tokens, or drop the row and its images / videos from the batch"
+        )
 
     def _insert_vision(
         self, input_ids: Tensor, embeds: Tensor, vision: VisionInputs
@@ -274,6 +478,18 @@ class QwenVL(nn.Module):
         features, levels = (out.merged, out.deepstack) if isinstance(out, VisionFeatures) else (out, ())
         # images' pad tokens first, then the videos', each row-major over the flattened batch
         slots = torch.cat([s.reshape(-1).nonzero().squeeze(1) for _, _, s in parts])
-        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, slots, features.to(embeds.dtype))
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(
+            0, slots, features.to(embeds.dtype)
+        )  # (B*T, E)
         deepstack = DeepStackFeatures(slots, levels) if levels else None
         return flat.view(embeds.shape), deepstack
+
+
+def _keywords(function: Any) -> frozenset[str]:
+    """The keyword names a function takes (for the spelling hints of `qwenvl_min.hf.keywords`)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = {p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds}
+    return frozenset(names - {"self"})
+
+
+_FORWARD_KEYWORDS = _keywords(QwenVL.forward)

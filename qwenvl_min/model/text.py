@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dispatch
-from .attention import TextAttend, causal_attention
+from .attention import TextAttend, causal_attention, causal_attention_from_maps, causal_attention_maps
 from .cache import Cache, attention_mask_4d
 from .config import TextConfig
 from .deepstack import DeepStackFeatures, DeepStackInjection
@@ -63,6 +63,9 @@ class TextAttention(nn.Module):
 
     `attend(q, k, v, mask, scale)` (contract in `qwenvl_min.model.attention`) is a plain attribute: assign
     another function to change this layer's attention; parameters and keys are unaffected.
+
+    Given an `attentions` list (the model's `output_attentions=True`), the call runs the exact
+    materializing attention instead of `attend` and appends its probabilities (see `_attend_keeping_probs`).
     """
 
     def __init__(self, config: TextConfig, layer_index: int, kernels: str = "auto") -> None:
@@ -100,7 +103,13 @@ class TextAttention(nn.Module):
         self.rotary = dispatch.rotary(choice)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: Cache | None
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        mask: Tensor | None,
+        cache: Cache | None,
+        *,
+        attentions: list[Tensor] | None = None,
     ) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim)  # (B, T, H, Dh)
@@ -112,8 +121,36 @@ class TextAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (B, K, G, Dh)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or K, Dh)
-        out = self.attend(q, k, v, mask, self.head_dim**-0.5)  # (B, H, T, Dh)
+        if attentions is None:
+            out = self.attend(q, k, v, mask, self.head_dim**-0.5)  # (B, H, T, Dh)
+        else:
+            out = self._attend_keeping_probs(q, k, v, mask, attentions)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, H, T, Dh) -> (B, T, H*Dh)
+
+    def _attend_keeping_probs(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, attentions: list[Tensor]
+    ) -> Tensor:
+        """The default attention computed exactly: softmax(q k^T * scale) (B, H, T, K) in fp32, rounded to
+        the activation dtype, appended to `attentions` (what transformers' eager attention returns), and the
+        output (B, H, T, Dh) computed from those probabilities (as eager attention computes it).
+
+        Only the default `attend` can be reproduced this way: another function (assigned by hand, or a
+        `.probs` tap's) is refused, as is a tensor-parallel layer, whose q holds this rank's heads only."""
+        where = f"text.layers.{self.layer_index}.attn"
+        if self.attend is not causal_attention:
+            raise ValueError(
+                f"output_attentions computes {where}'s attention exactly, in place of its attend function, "
+                "but that function was replaced (by hand or by a '.probs' tap); read the maps with "
+                f"model.taps(read=['{where}.probs']) instead, or reset it with model.set_kernels(...)"
+            )
+        if q.shape[1] != self.num_heads:
+            raise ValueError(
+                f"output_attentions on a tensor-parallel model would give {where}'s local heads only; read "
+                f"model.taps(read=['{where}.probs']), which gathers every head"
+            )
+        probs = causal_attention_maps(q, k, mask, self.head_dim**-0.5).to(v.dtype)  # (B, H, T, K)
+        attentions.append(probs)
+        return causal_attention_from_maps(v, probs)
 
 
 class DecoderLayer(nn.Module):
@@ -140,10 +177,19 @@ class DecoderLayer(nn.Module):
         mask: Tensor | None,
         cache: Cache | None,
         deepstack: tuple[Tensor, Tensor] | None = None,
+        *,
+        hidden_states: list[Tensor] | None = None,
+        attentions: list[Tensor] | None = None,
     ) -> Tensor:
-        """`deepstack`: (slots, features) to add after the MLP (see `deepstack.DeepStackFeatures.level`)."""
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+        """`deepstack`: (slots, features) to add after the MLP (see `deepstack.DeepStackFeatures.level`).
+
+        `hidden_states` receives the layer's output before DeepStack features are added (what transformers
+        records for Qwen3-VL: its hook sits on the decoder layer, the addition follows it); the value
+        returned, and the `text.layers.{i}` tap, include them."""
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, attentions=attentions)
         x = x + self.mlp(self.mlp_norm(x))
+        if hidden_states is not None:
+            hidden_states.append(x)
         if self.deepstack is not None:
             x = self.deepstack(x, deepstack)
         elif deepstack is not None:
@@ -172,11 +218,20 @@ class TextModel(nn.Module):
         key_valid: Tensor | None = None,
         cache: Cache | None = None,
         deepstack: DeepStackFeatures | None = None,
+        *,
+        hidden_states: list[Tensor] | None = None,
+        attentions: list[Tensor] | None = None,
     ) -> Tensor:
         """embeds (B, T, E), positions (3, B, T), key_valid (B, K) over past + new tokens -> normed (B, T, E).
 
         With a `SlotWrite` (`KVCache.at`) K is the cache's capacity C and key_valid covers all C slots.
-        `deepstack`: the DeepStack levels of a Qwen3-VL prefill (level k goes to layer k)."""
+        `deepstack`: the DeepStack levels of a Qwen3-VL prefill (level k goes to layer k).
+
+        Lists given as `hidden_states` / `attentions` (the model's output_hidden_states / output_attentions)
+        receive what transformers returns for them: `hidden_states` the L + 1 tensors (B, T, E) embeds,
+        then each layer's output (before its DeepStack addition) with the last replaced by the final
+        norm's; `attentions` each layer's probabilities (B, H, T, K) (see `TextAttention`). Nothing is
+        kept or computed when they are None."""
         t = embeds.shape[1]
         rope = mrope_table(positions, self.config, embeds.dtype)  # cos, sin (B, T, R)
         if cache is None:
@@ -184,6 +239,12 @@ class TextModel(nn.Module):
         else:
             mask = cache.attention_mask(key_valid, t, embeds.device)
         x = embeds
+        if hidden_states is not None:
+            hidden_states.append(x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, cache, None if deepstack is None else deepstack.level(i))
-        return self.norm(x)
+            level = None if deepstack is None else deepstack.level(i)
+            x = layer(x, rope, mask, cache, level, hidden_states=hidden_states, attentions=attentions)
+        x = self.norm(x)
+        if hidden_states is not None:
+            hidden_states[-1] = x  # transformers' last entry is after the final norm, not the last layer's
+        return x

@@ -9,6 +9,8 @@ replace what is already there, and permissions that follow the umask.
   still never replaces anything but the empty directory we just made).
 - `rename_exchange(a, b)`: swap two paths in one step (renameat2(RENAME_EXCHANGE)); None where the
   kernel or file system cannot, so the caller takes its journaled two-rename path.
+- `write_atomic(path, write, replace=True)`: a file written under a temporary name and renamed into place;
+  replace=False never over an existing file (renameat2(RENAME_NOREPLACE), else a hard link).
 - `apply_umask(path, mode)`: mkdtemp / mkstemp create 0700 / 0600 whatever the umask; outputs should not.
 """
 
@@ -141,9 +143,11 @@ def rename_noreplace(src: Path, dst: Path) -> None:
         raise
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None], *, replace: bool = True) -> None:
     """`write(tmp)` a temporary file beside `path`, give it umask permissions, rename it over `path`:
-    a file at `path` is always complete, and a failure or signal leaves nothing (not even tmp)."""
+    a file at `path` is always complete, and a failure or signal leaves nothing (not even tmp).
+    replace=False never puts it over an existing `path`, also one that appeared while writing
+    (FileExistsError)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -153,9 +157,25 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         apply_umask(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new_file(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _publish_new_file(tmp: Path, path: Path) -> None:
+    """tmp -> path unless path exists: renameat2(RENAME_NOREPLACE), else a hard link (which fails on an
+    existing name); FileExistsError either way."""
+    try:
+        if _renameat2(tmp, path, _RENAME_NOREPLACE):
+            return
+    except OSError as err:
+        if err.errno == errno.EEXIST:
+            raise FileExistsError(errno.EEXIST, "already exists", str(path)) from None
+        raise
+    os.link(tmp, path)  # the caller removes tmp
 
 
 def rename_exchange(a: Path, b: Path) -> bool:

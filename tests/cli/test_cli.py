@@ -76,7 +76,7 @@ def test_demo_prints_the_token_flow_and_writes_pictures(tmp_path, capsys, family
 )
 def test_inspect_reports_smart_resize_numbers(tmp_path, capsys, size, budget):
     path = _save_image(tmp_path / "in.png", *size)
-    assert main(["inspect", str(path), "--out", str(tmp_path / "o.png"), *budget]) == 0
+    assert main(["inspect", str(path), "--png", str(tmp_path / "o.png"), *budget]) == 0
     out = capsys.readouterr().out
     kwargs = {"max_pixels": int(budget[1])} if "--max-pixels" in budget else {}
     kwargs |= {"min_pixels": int(budget[1])} if "--min-pixels" in budget else {}
@@ -103,7 +103,7 @@ def test_inspect_video(tmp_path, capsys):
             [
                 "inspect",
                 str(path),
-                "--out",
+                "--png",
                 str(tmp_path / "v.png"),
                 "--max-pixels",
                 "50000",

@@ -31,7 +31,9 @@ INSPECT_FIELDS = {  # docs/cli.md, `inspect --json`
     "merged_tokens": int,
     "prompt_tokens": int,
     "windows": str,
-    "overlay": str,
+    "png": (str, type(None)),
+    "model": (str, type(None)),
+    "budget_from": str,
 }
 LATENTS_FIELDS = {
     "out": str,
@@ -57,7 +59,7 @@ def test_version_is_the_installed_package_version(capsys):
 
 def test_inspect_json_has_the_documented_fields(tmp_path, capsys):
     image = _save_image(tmp_path / "in.png", 500, 333)
-    assert main(["inspect", str(image), "--out", str(tmp_path / "o.png"), "--json"]) == 0
+    assert main(["inspect", str(image), "--png", str(tmp_path / "o.png"), "--json"]) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)  # stdout is exactly one JSON object
     assert set(report) == set(INSPECT_FIELDS)
@@ -92,7 +94,7 @@ def test_latents_json_summary(tmp_path, checkpoint, capsys):  # noqa: F811
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_quiet_and_verbose_set_what_reaches_stderr(tmp_path, checkpoint, capsys, where):  # noqa: F811
     image = _save_image(tmp_path / "a.png", 56, 56)
-    inspect = ["inspect", str(image), "--out", str(tmp_path / "o.png")]
+    inspect = ["inspect", str(image), "--png", str(tmp_path / "o.png"), "--force"]
     for flags, wrote in ([], True), (["-q"], False):
         argv = flags + inspect if where == "before" else inspect + flags
         assert main(argv) == 0

@@ -38,7 +38,7 @@ def clip(tmp_path_factory):
 
 
 def _inspect(capsys, tmp_path, path, *flags):
-    assert main(["inspect", path, "--out", str(tmp_path / "o.png"), *flags]) == 0
+    assert main(["inspect", path, "--png", str(tmp_path / "o.png"), *flags]) == 0
     out = capsys.readouterr().out
     return [int(x) for x in re.search(r"grid \(t, h, w\)\s+(\d+) x (\d+) x (\d+)", out).groups()], out
 
@@ -76,7 +76,7 @@ def test_max_pixels_below_the_image_minimum_lowers_it(tmp_path, capsys):
 
 def test_fps_with_num_frames_is_one_line(clip, tmp_path, capsys):
     err = _error(
-        capsys, ["inspect", clip, "--out", str(tmp_path / "o.png"), "--fps", "2", "--num-frames", "4"]
+        capsys, ["inspect", clip, "--png", str(tmp_path / "o.png"), "--fps", "2", "--num-frames", "4"]
     )
     assert "either fps" in err and "nframes" in err
 

@@ -51,5 +51,5 @@ def test_latents_and_pictures_follow_the_umask(checkpoint, tmp_path, umask):  # 
     assert main(argv) == 0
     _check_tree(tmp_path / "latents", umask)
     picture = tmp_path / "tiling.png"
-    assert main(["inspect", str(image), "--out", str(picture)]) == 0
+    assert main(["inspect", str(image), "--png", str(picture)]) == 0
     assert _mode(picture) == 0o666 & ~umask

@@ -51,8 +51,9 @@ def test_auto_dtype_follows_the_config_and_views_the_files(sources):
         for p in model.parameters():
             p.zero_()
     assert {path.name: path.read_bytes() for path in src.glob("*.safetensors")} == before
-    cast = QwenVL.from_pretrained(src, dtype="float16")
-    assert {p.dtype for p in cast.parameters()} == {torch.float16}
+    for spelling in ("float16", "half", "FP16", "torch.float16"):  # the one table, qwenvl_min.utils.dtypes
+        cast = QwenVL.from_pretrained(src, dtype=spelling)
+        assert {p.dtype for p in cast.parameters()} == {torch.float16}, spelling
 
 
 def test_converted_directory_goes_through_load(sources, tmp_path):

@@ -106,13 +106,16 @@ def test_verify_catches_a_changed_shard(sources, tmp_path):
 def test_loading_an_hf_checkpoint_says_how_to_convert(sources):
     src, _ = sources["qwen2_vl"]["nested"]
     with pytest.raises(
-        CheckpointError, match=r"Hugging Face checkpoint.*python -m qwenvl_min\.weights_convert"
+        CheckpointError,
+        match=r"Hugging Face checkpoint.*QwenVL.from_pretrained loads it as it is, and `qwenvl-min convert ",
     ):
         load(src)
 
 
 def test_loading_a_missing_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="not a directory.*weights_convert"):
+    with pytest.raises(
+        CheckpointError, match="not a directory.*`qwenvl-min convert HF_CHECKPOINT_DIR_OR_HUB_ID OUTPUT_DIR`"
+    ):
         load(tmp_path / "nowhere")
 
 

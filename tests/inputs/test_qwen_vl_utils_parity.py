@@ -8,7 +8,10 @@ for its decord backend). Install it without torchvision with
 
 Equal means: the same kept frame indices, the same sizes, bit-equal pixels (images through PIL, video
 frames through the tensor resize) and the same sampled fps. Every case compared is counted; conftest
-prints "qwen-vl-utils parity: N cases compared, N equal" at the end of the run. Where qwen-vl-utils fails
+prints "qwen-vl-utils parity: N cases compared, N equal: F fixed cases + D drawn by hypothesis" at the end
+of the run. F is the same every run (docs/preprocessing.md quotes it); D is the resize-rule draws that
+qwen-vl-utils can size (those past its ratio limit or with a zero side are checked, not counted), so it
+moves a little with hypothesis' draws. Where qwen-vl-utils fails
 or does something we chose not to do, a test below shows both behaviours (docs/preprocessing.md, table).
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import fractions
 import math
+import re
+from pathlib import Path
 
 import av
 import numpy as np
@@ -24,7 +29,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
-from qwen_vl_utils_oracle import TALLY, backend, install
+from qwen_vl_utils_oracle import DRAWN, TALLY, backend, install
 
 from qwenvl_min import prepare_vision
 from qwenvl_min.inputs.qwen_vl_rules import fit_size
@@ -75,7 +80,7 @@ def test_fit_size_equals_smart_resize(qvu, h, w, min_tokens, max_tokens):
     if min(theirs) == 0:  # qwen-vl-utils floors a thin image's short side to 0; we keep one factor
         assert ours == tuple(max(28, s) for s in theirs)
         return
-    assert _tally("resize rule", ours == theirs)
+    assert _tally(f"resize rule {DRAWN}", ours == theirs)
 
 
 # ---- images -------------------------------------------------------------------------------------------------
@@ -333,3 +338,20 @@ def test_process_vision_info_end_to_end(qvu, clips):
     assert _tally("conversations", equal)
     inputs = ours.model_inputs()
     assert inputs["second_per_grid_ts"].tolist() == [pytest.approx(2 / f) for f in kwargs["fps"]]
+
+
+# ---- the number the docs quote ------------------------------------------------------------------------------
+
+
+def test_the_fixed_count_is_the_one_the_docs_quote(request):
+    """docs/preprocessing.md states the fixed part of the summary line ("F fixed cases"); this runs last in
+    the module and, when the whole module ran, checks that F is the count this run tallied."""
+    module = request.node.parent
+    every = {item.name for item in module.collect() if isinstance(item, pytest.Function)}
+    ran = {item.name for item in request.session.items if item.parent is module}
+    fixed = sum(n for kind, (n, _) in TALLY.items() if not kind.endswith(DRAWN))
+    docs = Path(__file__).parents[2] / "docs" / "preprocessing.md"
+    quoted = re.findall(r"(\d+) fixed cases", docs.read_text())
+    assert quoted, "docs/preprocessing.md should quote the fixed count"
+    if ran == every:  # a partial run (-k, a node id) tallies part of it
+        assert {int(q) for q in quoted} == {fixed}, f"this run tallied {fixed} fixed cases; update the docs"

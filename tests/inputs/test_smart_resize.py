@@ -69,3 +69,10 @@ def test_empty_size_is_an_error(size):
 def test_min_pixels_over_max_pixels_is_an_error():
     with pytest.raises(ValueError, match="min_pixels .* must not exceed max_pixels"):
         smart_resize(100, 100, min_pixels=1000, max_pixels=999)
+
+
+def test_a_budget_that_rounds_a_side_to_zero_is_refused():
+    """transformers returns (0, 0) for a 1x1 image with min_pixels 0 (and fails later); we say what to raise."""
+    assert hf_smart_resize(1, 1, 28, 0, 1) == (0, 0)
+    with pytest.raises(ValueError, match=r"rounds to 0x0 .* raise min_pixels to at least 784"):
+        smart_resize(1, 1, 28, 0, 1)

@@ -213,8 +213,8 @@ def test_attend_errors_are_one_line(user_dir, tmp_path, capsys):
     bright_square_image().save(image)
     base = ["attend", "--model", str(user_dir), "--prompt", "Hi", "--out", str(tmp_path / "o")]
     for extra, message in [
-        (["--image", str(tmp_path / "missing.png")], "input file not found"),
-        (["--image", str(tmp_path / "clip.mp4")], "input file not found"),
+        (["--image", str(tmp_path / "missing.png")], "image file not found"),
+        (["--image", str(tmp_path / "clip.mp4")], "image file not found"),
         (["--image", str(image), "--layers", "7"], "outside 0..2"),
         (["--image", str(image), "--layers", "x-y"], "is not a layer list"),
         (["--image", str(image), "--vision-block", "9"], "--vision-block 9 is outside 0..3"),

@@ -190,6 +190,32 @@ def test_attention_mask_shape() -> None:
         forward(attention_mask=torch.ones(1, 27, dtype=torch.int64))
 
 
+@pytest.mark.parametrize("shape", [(1, 0), (0, 5)])
+def test_input_ids_without_tokens(shape) -> None:
+    with pytest.raises(ValueError, match=rf"input_ids hold no tokens \(shape \({shape[0]}, {shape[1]}\)\)"):
+        model("qwen2_5_vl")(torch.zeros(shape, dtype=torch.int64))
+
+
+def test_a_masked_out_row_with_an_image_is_named() -> None:
+    """Two rows with an image each, the second row all padding: its image block would be skipped by the
+    positions, which used to surface as '2 image grids were given but input_ids hold 1 image blocks'."""
+    p = image_prompt("qwen2_5_vl")
+    ids = p.input_ids.repeat(2, 1)
+    vision = dict(pixel_values=p.pixel_values.repeat(2, 1), image_grid_thw=p.image_grid_thw.repeat(2, 1))
+    mask = torch.ones_like(ids)
+    assert forward(input_ids=ids, attention_mask=mask, **vision).logits.shape[0] == 2  # valid as it is
+    mask[1] = 0
+    with pytest.raises(
+        ValueError,
+        match=r"^attention_mask row 1 is all 0 \(the row holds no token\), but input_ids row 1 holds 24 image / video pad tokens",
+    ):
+        forward(input_ids=ids, attention_mask=mask, **vision)
+    mask[1] = 1
+    mask[1, :5] = 0  # two text tokens and <|vision_start|> masked are fine, the first two pads are not
+    with pytest.raises(ValueError, match=r"^attention_mask row 1 is 0 at 2 of its vision pad tokens"):
+        forward(input_ids=ids, attention_mask=mask, **vision)
+
+
 # ---- second_per_grid_ts -----------------------------------------------------------------------------------
 
 

@@ -175,6 +175,10 @@ def cli_checks(work: Path, rank: int) -> None:
 
     images = sorted(str(p) for p in (work / "images").iterdir())
     args = ["latents", "--model", str(work / "ours"), "--taps", "visual.merger.input,text.layers.1"]
+    args += [
+        "--batch-size",
+        "1",
+    ]  # one input per forward, as the one-process run it is compared with bit for bit
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main([*args, "--out", str(work / "dp_latents"), "--no-progress", *images])

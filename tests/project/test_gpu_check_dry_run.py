@@ -36,6 +36,7 @@ def test_dry_run_exercises_every_step(tmp_path):
         "window_attention",
         "vision_tower",
         "decode",
+        "latents",
         "plots",
     ]
     for name, step in steps.items():
@@ -91,6 +92,11 @@ def test_dry_run_exercises_every_step(tmp_path):
     assert decode["status"] == "passed", decode
     assert [r["impl"] for r in decode["result"]["rows"]] == ["eager", "compiled"]
     assert (out / "gpu_check-dry-run-decode.png").is_file()
+
+    latents = steps["latents"]["result"]
+    assert [r["case"] for r in latents["rows"]][:2] == ["56x56", "112x112"]
+    assert all(r["relative_error_vs_hf"] <= 1e-5 for r in latents["rows"][:2])  # fp32: the same tower
+    assert latents["rows"][2]["fraction_of_matmul"] > 0
 
     files = sorted(p.name for p in out.iterdir())
     assert all(name.startswith("gpu_check-dry-run") for name in files), files

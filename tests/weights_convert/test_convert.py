@@ -152,10 +152,18 @@ def test_cli_both_directions(sources, tmp_path, capsys):
     src, _ = sources["qwen2_5_vl"]["nested"]
     assert cli_main([str(src), str(tmp_path / "ours"), "--shard-size", "1MB", "--no-progress"]) == 0
     assert cli_main([str(tmp_path / "ours"), str(tmp_path / "hf"), "--to-hf", "--dtype", "bfloat16"]) == 0
-    assert "wrote" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"wrote: {tmp_path / 'hf'}" in captured.err and captured.out == ""  # status, on stderr
     assert read_dir(tmp_path / "hf")["lm_head.weight"].dtype == torch.bfloat16
     assert cli_main([str(src), str(tmp_path / "ours")]) == 1  # exists, no --force
-    assert "already exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'ours'} already exists; pass --force to replace it\n"  # the flag only
+    assert cli_main([str(tmp_path / "hf"), str(tmp_path / "back"), "--to-hf"]) == 1
+    err = capsys.readouterr().err
+    assert "is already a Hugging Face checkpoint" in err and "python -m" not in err and err.count("\n") == 1
+    assert cli_main([str(src), str(tmp_path / "half"), "--dtype", "half", "-q"]) == 0  # the one dtype table
+    assert capsys.readouterr().err == ""  # -q: no status line
+    assert read_dir(tmp_path / "half")["text.norm.weight"].dtype == torch.float16
 
 
 def test_module_entry_point(sources, tmp_path):

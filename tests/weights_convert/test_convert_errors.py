@@ -171,8 +171,8 @@ def test_destination_exists(src, tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "notes.txt").write_text("keep me")
-    with pytest.raises(CheckpointError, match="already exists; pass --force"):
-        convert_checkpoint(src, dst)
+    with pytest.raises(CheckpointError, match=r"already exists; pass force=True to replace it$"):
+        convert_checkpoint(src, dst)  # the Python argument here; the CLI names --force (test_convert.py)
     with pytest.raises(CheckpointError, match="refusing to replace"):  # --force only replaces our outputs
         convert_checkpoint(src, dst, force=True)
     assert [p.name for p in dst.iterdir()] == ["notes.txt"]
@@ -268,8 +268,18 @@ def test_failure_during_force_keeps_the_old_output(src, tmp_path, monkeypatch):
 
 
 def test_export_refuses_an_hf_checkpoint(src, tmp_path):
-    with pytest.raises(CheckpointError, match="Convert it first"):
+    with pytest.raises(
+        CheckpointError, match="is already a Hugging Face checkpoint: .*QwenVL.from_pretrained"
+    ):
         export_to_hf(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_load_names_the_command_that_converts(src):
+    from qwenvl_min.hf.load import load
+
+    with pytest.raises(CheckpointError, match=f"`qwenvl-min convert {src} OUTPUT_DIR` converts it"):
+        load(src)
 
 
 def test_convert_refuses_our_own_checkpoint(src, tmp_path):
