@@ -25,7 +25,7 @@ from ..inputs.preprocess import (
     preprocess_image,
 )
 from ..inputs.vision_messages import PreparedVision, prepare_vision
-from ..model.config import QWEN3, Config
+from ..model.config import Config
 from ..model.dispatch import KERNELS_ENV, resolve_kernels
 from ..model.geometry import window_unit_order
 from ..model.qwenvl import QwenVL
@@ -176,22 +176,15 @@ def preprocess(
 
 def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
     """(1, T) ids holding just the vision blocks, <|vision_start|> pads <|vision_end|> each: what `latents`
-    runs (no tokenizer needed) and what the demo's prompt is built around. Qwen3-VL videos are one block
-    per temporal patch, inside an outer <|vision_start|> .. <|vision_end|> (without the timestamp text
-    between the frames: there is no tokenizer here)."""
-    ids: list[int] = []
-    start, end = config.vision_start_token_id, config.vision_end_token_id
-    for grid_key, pad in (
-        ("image_grid_thw", config.image_token_id),
-        ("video_grid_thw", config.video_token_id),
-    ):
-        for t, h, w in inputs.get(grid_key, torch.empty(0, 3)).tolist():
-            per_frame = h * w // config.vision.merge_size**2
-            if pad == config.video_token_id and config.model_type in QWEN3:
-                ids += [start, *[start, *[pad] * per_frame, end] * t, end]
-            else:
-                ids += [start, *[pad] * (t * per_frame), end]
-    return torch.tensor([ids])
+    runs (no tokenizer needed) and what the demo's prompt is built around; images then videos, each as
+    `latents.prepare.vision_only_ids` writes it (Qwen3-VL videos: one block per temporal patch)."""
+    from ..latents.prepare import vision_only_ids
+
+    blocks = [torch.empty(0, dtype=torch.int64)]
+    for kind in ("image", "video"):
+        for grid in inputs.get(f"{kind}_grid_thw", torch.empty(0, 3)):
+            blocks.append(vision_only_ids(config, kind, grid))
+    return torch.cat(blocks)[None]
 
 
 def window_summary(config: Config, grid_thw: Tensor) -> str:

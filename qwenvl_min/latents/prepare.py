@@ -3,13 +3,15 @@
 This is the work `latents` does ahead of the model, in worker processes (`qwenvl_min.inputs.pipeline`):
 decode, sample, resize and patchify by the checkpoint's processor settings (the same rules as `run`),
 then the token ids the decoder sees:
-- without a prompt, just the vision block `<|vision_start|> pads <|vision_end|>` (no tokenizer needed);
+- without a prompt, just the vision block `<|vision_start|> pads <|vision_end|>` (no tokenizer needed;
+  a Qwen3-VL video is one such block per temporal patch inside an outer pair, without the timestamp text);
 - with `Recipe.prompt`, the checkpoint's chat template with the image or video in the user turn followed
   by the prompt text, and the generation prompt (what `run --prompt` feeds the model).
 
 Images follow the HF processor rules with the checkpoint's pixel budget; videos follow qwen-vl-utils' rules
 (2 fps, its per-frame and total-pixel budgets) changed only by the recipe's flags. A video's metadata says
-which source frames were kept and when (see `video_timing`).
+which source frames were kept and when (see `video_timing`). Qwen3-VL checkpoints (patch 16, mean / std
+0.5, time as timestamp text rather than `second_per_grid_ts`) follow their processor family's settings.
 """
 
 from __future__ import annotations
@@ -23,18 +25,12 @@ import torch
 from torch import Tensor
 
 from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
-from ..inputs.checkpoint_settings import VisionSettings, image_settings, video_settings
+from ..inputs.checkpoint_settings import family_settings, image_settings, video_settings
 from ..inputs.input_lists import InputSource
 from ..inputs.media_sources import FetchLimits, image_source
-from ..inputs.preprocess import (
-    IMAGE_MAX_PIXELS,
-    IMAGE_MIN_PIXELS,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_PIXELS,
-    preprocess_image,
-)
+from ..inputs.preprocess import preprocess_image
 from ..inputs.vision_messages import SampledVideo, prepare_vision
-from ..model.config import Config
+from ..model.config import QWEN3, Config
 
 VIDEO_RULES = "qwen-vl-utils 0.0.14"  # part of a video's resume key (see `records`)
 
@@ -59,7 +55,8 @@ class LatentInput:
     """One prepared input: what the model takes for it, and what is stored beside its latents.
 
     `vision` holds one item's tensors under the model's keyword names: `pixel_values` (N, P) and
-    `image_grid_thw` (1, 3), or `pixel_values_videos`, `video_grid_thw` and `second_per_grid_ts` (1,).
+    `image_grid_thw` (1, 3), or `pixel_values_videos`, `video_grid_thw` and (not on Qwen3-VL)
+    `second_per_grid_ts` (1,).
     """
 
     name: str
@@ -100,11 +97,17 @@ def pixel_range(
     return low, high
 
 
-def video_timing(video: SampledVideo, temporal_patch: int, second_per_grid: float) -> dict[str, Any]:
+def video_timing(
+    video: SampledVideo,
+    temporal_patch: int,
+    second_per_grid: float | None,
+    timestamps: list[float] | None = None,
+) -> dict[str, Any]:
     """When a video's kept frames were: source frame numbers, rates, and each temporal patch's span.
 
     `patch_seconds[k]` = [t of its first frame, t of its last frame], t = source frame / file fps (a frame
-    list: position / sample fps); Qwen3-VL labels a patch with the mean of the two."""
+    list: position / sample fps). Qwen3-VL has no `second_per_grid_ts` (None); `timestamps` are the
+    seconds its prompt labels each temporal patch with (the mean of the two)."""
     rate = video.video_fps or video.sample_fps
     indices = list(video.frame_indices)
     spans = [
@@ -117,14 +120,20 @@ def video_timing(video: SampledVideo, temporal_patch: int, second_per_grid: floa
         "sample_fps": video.sample_fps,
         "second_per_grid_ts": second_per_grid,
         "patch_seconds": spans,
-    }
+    } | ({} if timestamps is None else {"timestamps": timestamps})
 
 
 def vision_only_ids(config: Config, kind: str, grid_thw: Tensor) -> Tensor:
-    """(T,) ids `<|vision_start|> pads <|vision_end|>` for one item."""
+    """(T,) ids `<|vision_start|> pads <|vision_end|>` for one item (grid_thw (1, 3) or (3,)). A Qwen3-VL
+    video is one such block per temporal patch inside an outer pair (its processor puts timestamp text
+    before each; there is no tokenizer here, and the positions of the pads do not depend on it)."""
+    t, h, w = (int(x) for x in grid_thw.reshape(3))
+    start, end = config.vision_start_token_id, config.vision_end_token_id
+    per_frame = h * w // config.vision.merge_size**2
+    if kind == "video" and config.model_type in QWEN3:
+        return torch.tensor([start, *[start, *[config.video_token_id] * per_frame, end] * t, end])
     pad = config.video_token_id if kind == "video" else config.image_token_id
-    tokens = int(grid_thw.prod()) // config.vision.merge_size**2
-    return torch.tensor([config.vision_start_token_id, *[pad] * tokens, config.vision_end_token_id])
+    return torch.tensor([start, *[pad] * (t * per_frame), end])
 
 
 class InputPreparer:
@@ -135,12 +144,9 @@ class InputPreparer:
         self.config, self.recipe = config, recipe
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         directory = self.checkpoint_dir
-        self.image = (
-            image_settings(directory) if directory else VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
-        )
-        self.video = (
-            video_settings(directory) if directory else VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
-        )
+        family = "qwen3" if config.model_type in QWEN3 else "qwen2"  # the processor's
+        self.image = image_settings(directory) if directory else family_settings(family, video=False)
+        self.video = video_settings(directory) if directory else family_settings(family, video=True)
         self._processor: Any = None
         if recipe.prompt is not None:
             self.processor()  # a missing tokenizer or template is found before any work
@@ -171,7 +177,7 @@ class InputPreparer:
             vision, timing = self._image(source), None
         kind = "video" if timing is not None else "image"
         grid = vision["video_grid_thw" if timing is not None else "image_grid_thw"]
-        ids = self._ids(kind, grid)
+        ids = self._ids(kind, grid, timing)
         location = source.location if source.is_url else os.fspath(Path(source.location).resolve())
         metadata: dict[str, Any] = {"source": location, "kind": kind, "grid_thw": grid[0].tolist()}
         if timing is not None:
@@ -182,6 +188,7 @@ class InputPreparer:
         r, settings = self.recipe, self.image
         low, high = pixel_range(r.min_pixels, r.max_pixels, settings.min_pixels, settings.max_pixels)
         image = image_source(source.location, FetchLimits()) if source.is_url else source.location
+        mean, std = settings.normalization
         return preprocess_image(
             image,
             min_pixels=low,
@@ -190,6 +197,8 @@ class InputPreparer:
             temporal_patch_size=settings.temporal_patch_size,
             merge_size=settings.merge_size,
             max_tokens=self.max_tokens,
+            image_mean=mean,
+            image_std=std,
         )
 
     def _video(self, source: InputSource) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -211,11 +220,16 @@ class InputPreparer:
             temporal_patch_size=settings.temporal_patch_size,
             max_tokens=self.max_tokens,
         )
-        vision = prepared.model_inputs()
-        seconds = float(vision["second_per_grid_ts"][0])
-        return vision, video_timing(prepared.videos[0], settings.temporal_patch_size, seconds)
+        vision = prepared.model_inputs(settings.family)
+        if settings.family == "qwen3":  # time goes into the prompt as each temporal patch's timestamp
+            stamps = prepared.video_timestamps()[0]
+            timing = video_timing(prepared.videos[0], settings.temporal_patch_size, None, stamps)
+        else:
+            seconds = float(vision["second_per_grid_ts"][0])
+            timing = video_timing(prepared.videos[0], settings.temporal_patch_size, seconds)
+        return vision, timing
 
-    def _ids(self, kind: str, grid_thw: Tensor) -> Tensor:
+    def _ids(self, kind: str, grid_thw: Tensor, timing: dict[str, Any] | None) -> Tensor:
         if self.recipe.prompt is None:
             return vision_only_ids(self.config, kind, grid_thw)
         from ..inputs.prompts import encode
@@ -229,5 +243,6 @@ class InputPreparer:
             **{f"{kind}_grid_thw": grid_thw},
             merge_size=self.config.vision.merge_size,
             max_length=self.config.text.max_position_embeddings,
+            video_timestamps=None if timing is None or "timestamps" not in timing else [timing["timestamps"]],
         )
         return encoded["input_ids"][0]

@@ -108,16 +108,46 @@ def test_latents_reads_deepstack_and_decoder_taps(user_dirs, tmp_path):
             assert merged.shape[-1] == 64 and not torch.equal(after, before)  # DeepStack level 0 was added
 
 
+def test_latents_with_a_prompt_sees_the_processor_tokens_and_records_timestamps(user_dirs, tmp_path):
+    """`latents --prompt` on a Qwen3-VL video: the ids the model saw are the processor's (timestamped
+    per-frame blocks from the chat template), the tap is the library forward over that batch, and the
+    metadata carries the timestamps in place of second_per_grid_ts."""
+    directory = user_dirs["qwen3_vl"]
+    video = _video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    argv = ["latents", "--model", str(directory), "--taps", "text.layers.1", "--out", str(out), str(video)]
+    assert main([*argv, "--prompt", "What happens?", "--no-progress"]) == 0
+    item = {"type": "video", "video": str(video)}
+    messages = [{"role": "user", "content": [item, {"type": "text", "text": "What happens?"}]}]
+    processor = Processor.from_pretrained(directory)
+    vision = prepare_vision(messages, patch_size=16)
+    batch = processor(text=processor.apply_chat_template(messages), vision=vision)
+    assert "second_per_grid_ts" not in batch
+    with safe_open(str(out / "clip.safetensors"), framework="pt") as f:
+        meta, got = f.metadata(), f.get_tensor("text.layers.1")
+    assert json.loads(meta["input_ids"]) == batch["input_ids"][0].tolist()
+    timing = json.loads(meta["video"])
+    assert timing["second_per_grid_ts"] is None
+    assert timing["timestamps"] == pytest.approx(vision.video_timestamps()[0])
+    model = QwenVL.from_pretrained(directory)
+    with torch.no_grad(), model.taps(read=["text.layers.1"]) as taps:
+        model(**batch)
+    want = taps.cache["text.layers.1"]  # (1, T, E): latents keeps the batch axis
+    assert got.shape == want.shape
+    # the same forward over the same inputs, one input per pack: equal up to the dtype's rounding
+    assert torch.allclose(got.float(), want.float(), rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
 def test_inspect_reports_patch_16_geometry(tmp_path, capsys):
     image = _image(tmp_path / "photo.png", w=640, h=480)
-    argv = ["inspect", str(image), "--family", "qwen3-vl", "--json", "--out", str(tmp_path / "t.png")]
+    argv = ["inspect", str(image), "--family", "qwen3-vl", "--json", "--png", str(tmp_path / "t.png")]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     # published budget 65536 .. 16777216 px, factor 32: 640x480 stays, 40 x 30 patches of 16 px
     assert report["grid_thw"] == [1, 30, 40] and report["values_per_patch"] == 1536
     assert report["merged_tokens"] == 300 and "Qwen3-VL" in report["windows"]
     video = _video(tmp_path / "v.mp4")
-    argv = ["inspect", str(video), "--family", "qwen3-vl", "--json", "--out", str(tmp_path / "v.png")]
+    argv = ["inspect", str(video), "--family", "qwen3-vl", "--json", "--png", str(tmp_path / "v.png")]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     t = report["grid_thw"][0]

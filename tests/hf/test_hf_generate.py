@@ -5,6 +5,7 @@ rows, GenerationConfig objects; the settings layering against transformers' own;
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 
@@ -18,23 +19,24 @@ from qwenvl_min.generate import generate
 from qwenvl_min.hf.generation import settings_for
 from qwenvl_min.hf.keywords import UnsupportedKeyword
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 # a 2-frame video on a wide grid: the largest temporal position (2 on Qwen2.5-VL at 2 tokens/s, 1 s per
 # grid) stays below the largest width position (5), where transformers 5.24 and the trained rule agree
-VIDEO = {"qwen2_vl": None, "qwen2_5_vl": [1.0]}
+VIDEO = {"qwen2_vl": None, "qwen2_5_vl": [1.0], "qwen3_vl": None, "qwen3_vl_moe": None}
 SEED = 18  # no case stops early, and several decode an image / video pad id
 
 
 @functools.cache
 def models(family: str) -> tuple:
     """(config, transformers model, ours) with the same weights. Std 0.5: at 0.2 the tiny Qwen2-VL repeats
-    one token (a weak comparison)."""
+    one token (a weak comparison); the Qwen3 decoders (q/k norms) need 1.0 for varied tokens."""
     cfg = tiny_config(family, tied=False)
     torch.manual_seed(0)
     hf = HF_MODEL[family](hf_config(cfg)).eval()
+    std = 1.0 if family.startswith("qwen3") else 0.5
     with torch.no_grad():
         for p in hf.parameters():
-            p.normal_(0, 0.5)
+            p.normal_(0, std)
     return cfg, hf, QwenVL.from_hf(cfg.to_hf(), hf.state_dict())
 
 
@@ -67,10 +69,19 @@ def test_greedy_sequences_equal_transformers(family, case):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_decoded_vision_pad_id_is_a_plain_token(family):
-    """The random models emit <|image_pad|> / <|video_pad|> ids now and then; transformers embeds such a
-    generated id as a token (no vision inputs after the prefill), and so do we (eager and compiled)."""
-    cfg, hf, ours = models(family)
+    """A generated <|video_pad|> id: transformers embeds it as a token (no vision inputs after the prefill),
+    and so do we. So that the models emit it, its output row is 1.5 x the row of the token they emit
+    third (that token's logit, the largest and positive there, is outbid wherever it would win)."""
+    cfg, hf, _ = models(family)
     prompt = prompt_for(family, "video")
+    with torch.no_grad():
+        free = hf.generate(**prompt.hf(), max_new_tokens=3, do_sample=False)
+        state = {k: v.clone() for k, v in hf.state_dict().items()}
+    hf = copy.deepcopy(hf)
+    head = "lm_head.weight"
+    state[head][cfg.video_token_id] = 1.5 * state[head][int(free[0, -1])]
+    hf.load_state_dict(state)
+    ours = QwenVL.from_hf(cfg.to_hf(), state)
     with torch.no_grad():
         want = hf.generate(**prompt.hf(), max_new_tokens=20, do_sample=False)
     got = ours.generate(**prompt.hf(), max_new_tokens=20)
@@ -113,12 +124,14 @@ def test_max_length_and_generation_config_as_transformers(family):
         want = hf.generate(**prompt.hf(), max_length=length + 6, do_sample=False)
     got = ours.generate(**prompt.hf(), max_length=length + 6)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    config = GenerationConfig(max_new_tokens=7, do_sample=False, eos_token_id=[int(want[0, length + 3])])
+    new = want[0, length:].tolist()
+    at = next(j for j in range(1, 6) if new[j] not in new[:j])  # a token not emitted before it
+    config = GenerationConfig(max_new_tokens=7, do_sample=False, eos_token_id=[new[at]])
     with torch.no_grad():
         want = hf.generate(**prompt.hf(), generation_config=config)
     got = ours.generate(**prompt.hf(), generation_config=config)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert got.shape[1] == length + 4  # stopped at the eos the config names
+    assert got.shape[1] == length + at + 1  # stopped at the eos the config names
     # a dict of the same fields is the same request; the call's keywords win over the config's
     assert torch.equal(ours.generate(**prompt.hf(), generation_config=config.to_dict()), got)
     longer = ours.generate(**prompt.hf(), generation_config=config, eos_token_id=[], max_new_tokens=9)

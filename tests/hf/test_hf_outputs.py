@@ -1,5 +1,5 @@
 """transformers' forward keywords on our model, against transformers 5.24 (fp32, CPU, seeded random tiny models
-of both families): output_hidden_states, output_attentions, return_dict, use_cache.
+of every family): output_hidden_states, output_attentions, return_dict, use_cache.
 
 - `.hidden_states` equals transformers' (L + 1 tensors: embeddings, each layer, the last after the final
   norm) and our taps (`text.layers.0.input`, `text.layers.{i-1}`, `text.norm`);
@@ -28,13 +28,19 @@ from qwenvl_min import KVCache, QwenVL
 from qwenvl_min.model.attention import causal_attention_maps
 from qwenvl_min.model.positions import generation_positions
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 RTOL = 1e-5  # see the module docstring
 
 # Videos: merged 4x6 per frame; Qwen2.5-VL at 2 tokens/s and 0.75 s per grid steps time by 1.5. The largest
 # temporal offset stays below the largest width offset, so transformers 5.24's placement of the text after
 # the video equals the trained rule's (docs/design.md, "3-D positions").
-VIDEO = {"qwen2_vl": ((3, 8, 12), None), "qwen2_5_vl": ((4, 8, 12), [0.75])}
+VIDEO = {
+    "qwen2_vl": ((3, 8, 12), None),
+    "qwen2_5_vl": ((4, 8, 12), [0.75]),
+    # Qwen3-VL: one block per frame, timestamps as text (positions restart per frame)
+    "qwen3_vl": ((3, 8, 12), None),
+    "qwen3_vl_moe": ((2, 8, 12), None),
+}
 
 
 def layout(name: str, family: str) -> tuple[list[list], list[float] | None]:
@@ -89,13 +95,17 @@ def test_hidden_states_are_the_taps_they_are_documented_as(family):
     cfg, _, ours = models(family)
     prompt = prompt_for(family, "image")
     layers = cfg.text.num_layers
-    names = ["text.layers.0.input", *[f"text.layers.{i}" for i in range(layers)], "text.norm"]
+    # Qwen3-VL: a layer with DeepStack features records its output before they are added (transformers'
+    # hook sits on the decoder layer), which is the input of its `deepstack` module
+    stacked = len(cfg.vision.deepstack_indexes)
+    names = [f"text.layers.{i}.deepstack.input" if i < stacked else f"text.layers.{i}" for i in range(layers)]
+    names = ["text.layers.0.input", *names, "text.norm"]
     with torch.no_grad(), ours.taps(read=names) as taps:
         out = ours(**prompt.hf(), output_hidden_states=True)
     hidden = out.hidden_states
     assert torch.equal(hidden[0], taps.cache["text.layers.0.input"])
     for i in range(1, layers):
-        assert torch.equal(hidden[i], taps.cache[f"text.layers.{i - 1}"])
+        assert torch.equal(hidden[i], taps.cache[names[i]])
     # the last entry is after the final norm: not the last layer's output (they differ a lot)
     assert torch.equal(hidden[-1], taps.cache["text.norm"])
     assert max_err(hidden[-1], taps.cache[f"text.layers.{layers - 1}"]) > 0.5

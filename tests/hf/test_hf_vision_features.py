@@ -17,7 +17,7 @@ from hf_models import build_pair, hf_window_to_input_order, make_prompt, max_err
 from qwenvl_min.hf import VisionFeatures
 from qwenvl_min.hf.keywords import UnsupportedKeyword
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 RTOL = 1e-5
 
 
@@ -65,6 +65,17 @@ def test_features_equal_transformers_in_row_order(family, kind):
         hf_h = hf_window_to_input_order(cfg, hf_h, grid)
         assert max_err(ours_h, hf_h) <= RTOL * scale_of(hf_h)
     assert torch.equal(got.hidden_states[-1], got.last_hidden_state)  # no final norm in the tower
+    if family == "qwen3_vl":  # per DeepStack level, per item
+        assert (
+            len(got.deepstack_features) == len(want.deepstack_features) == len(cfg.vision.deepstack_indexes)
+        )
+        for ours_level, hf_level in zip(got.deepstack_features, want.deepstack_features):
+            assert len(ours_level) == len(hf_level) == grid.shape[0]
+            for ours_item, hf_item in zip(ours_level, hf_level):
+                assert ours_item.shape == hf_item.shape
+                assert max_err(ours_item, hf_item) <= RTOL * scale_of(hf_item)
+    else:
+        assert got.deepstack_features is None
     if family == "qwen2_5_vl":  # the documented difference: transformers' raw states are in window order
         assert max_err(got.last_hidden_state, want.last_hidden_state) > 0.1 * scale_of(hf_last)
 
@@ -78,7 +89,14 @@ def test_features_are_what_the_model_inserts_and_the_taps_read(family):
     assert torch.equal(got.last_hidden_state, taps.cache["visual.merger.input"])
     assert torch.equal(torch.cat(got.pooler_output), taps.cache["visual.merger"])
     with torch.no_grad():
-        assert torch.equal(torch.cat(got.pooler_output), ours.visual(pixels, grid))
+        merged = ours.visual(pixels, grid)
+    if family == "qwen3_vl":  # the Qwen3-VL tower returns (merged, deepstack levels)
+        merged, levels = merged
+        assert all(
+            torch.equal(torch.cat(got_level), level)
+            for got_level, level in zip(got.deepstack_features, levels)
+        )
+    assert torch.equal(torch.cat(got.pooler_output), merged)
 
 
 def test_return_dict_false_and_refusals():
@@ -95,3 +113,15 @@ def test_return_dict_false_and_refusals():
         ours.get_video_features(pixels[:10], grid)
     with pytest.raises(ValueError, match="output_hidden_states must be True or False"):
         ours.get_video_features(pixels, grid, output_hidden_states=[0])
+
+
+def test_qwen3_return_dict_false_ends_with_deepstack_features():
+    cfg, hf, ours = models("qwen3_vl")
+    pixels, grid = inputs("qwen3_vl", "image")
+    with torch.no_grad():
+        want = hf.get_image_features(pixels, grid, return_dict=False)
+        got = ours.get_image_features(pixels, grid, return_dict=False)
+    # (last_hidden_state, pooler_output, deepstack_features): transformers' field order, None left out
+    assert len(got) == len(want) == 3
+    assert len(got[2]) == len(want[2]) == len(cfg.vision.deepstack_indexes)
+    assert [t.shape for level in got[2] for t in level] == [t.shape for level in want[2] for t in level]
