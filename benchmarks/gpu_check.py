@@ -65,7 +65,7 @@ STEPS = (
     Step("vision_tower", 135, "gpu_check_tower.py"),
     Step("decode", 50, "gpu_check_decode.py"),
     Step("latents", 45, "gpu_check_latents.py"),
-    Step("plots", 15, None),
+    Step("plots", 10, None),
 )
 TOTAL_TIMEOUT_S = sum(step.timeout_s for step in STEPS)
 assert TOTAL_TIMEOUT_S < 8 * 60, TOTAL_TIMEOUT_S
