@@ -64,7 +64,9 @@ def segment_attention_torch(q: Tensor, k: Tensor, v: Tensor, segments: Segments,
         # one segment covering everything (a single image in a full-attention block): no gather. SDPA gets
         # a batch dim on purpose: with 3-D inputs the CPU dispatcher takes the math path, which
         # materializes the (H, N, N) scores (1 GB at N = 4096) instead of running the flash kernel.
-        q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, H, N, D)
+        # Contiguous (1, H, N, D) copies: CPU flash attention reads them ~12% faster than the strided
+        # views of the fused qkv (N = 3136, H = 16, D = 72 on 2 cores: 0.31 vs 0.35 s, copies included).
+        q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (q, k, v))  # (1, H, N, D)
         return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
     out = q.new_empty(q.shape)
     for group in groups:
