@@ -1,4 +1,4 @@
-"""Opt-in: a real Qwen2-VL / Qwen2.5-VL checkpoint, converted and loaded by us, against transformers.
+"""Opt-in: a real Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint, converted and loaded by us, against transformers.
 
 Run with a local Hugging Face checkpoint directory (none can be downloaded in CI):
 
@@ -6,7 +6,9 @@ Run with a local Hugging Face checkpoint directory (none can be downloaded in CI
     QWENVL_HF_CHECKPOINT=~/ckpt/qwen2.5-vl-3b pytest tests/hf/test_real_checkpoint.py -v
 
 It converts the checkpoint (bf16, as published), loads ours in bf16 on the available device (CUDA if
-present) and compares, on a generated image and a chat prompt, the merged vision features and the
+present) and compares, on a generated image and a chat prompt prepared by our `Processor` from the
+checkpoint's own files (its family's patch size, normalization and chat template), the merged vision
+features (`get_image_features(...).pooler_output`) and the
 logits with transformers' model in fp32 and in bf16. The rule (flash-attention's): our bf16 error
 against HF-fp32 is at most twice HF-bf16's own error against HF-fp32. The models are loaded one at a
 time; the fp32 reference needs 4 bytes per parameter (~15 GB for 3B, ~33 GB for 7B) of device memory.
@@ -26,7 +28,7 @@ import torch
 CHECKPOINT = os.environ.get("QWENVL_HF_CHECKPOINT")
 pytestmark = pytest.mark.skipif(
     not CHECKPOINT,
-    reason="opt-in: set QWENVL_HF_CHECKPOINT to a local Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint "
+    reason="opt-in: set QWENVL_HF_CHECKPOINT to a local Hugging Face Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint "
     "directory (e.g. `hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir DIR`) to compare real weights "
     "with transformers",
 )
@@ -45,17 +47,20 @@ def _image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from qwenvl_min.inputs.preprocess import preprocess_image
-    from qwenvl_min.inputs.prompts import encode_chat, load_tokenizer
+    from qwenvl_min.inputs.processor import Processor
     from qwenvl_min.weights_convert import convert_checkpoint
 
     src = Path(CHECKPOINT).expanduser()
     ours_dir = convert_checkpoint(src, tmp_path_factory.mktemp("real") / "ours", dtype="bfloat16")
-    media = preprocess_image(_image())
+    processor = Processor.from_pretrained(src)
     conversation = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}
     ]
-    tokens = encode_chat(load_tokenizer(src), conversation, image_grid_thw=media["image_grid_thw"])
+    batch = processor(text=processor.apply_chat_template(conversation), images=[_image()])
+    media = {k: batch[k] for k in ("pixel_values", "image_grid_thw")}
+    tokens = {
+        k: v for k, v in batch.items() if k not in media
+    }  # input_ids, attention_mask, mm_token_type_ids
     return src, ours_dir, media, tokens
 
 
@@ -78,7 +83,7 @@ def _hf_outputs(src: Path, dtype: torch.dtype, media: dict, tokens: dict) -> tup
     )
     pixels, grid = media["pixel_values"].to(DEVICE, dtype), media["image_grid_thw"].to(DEVICE)
     with torch.no_grad():
-        features = model.model.visual(pixels, grid_thw=grid).pooler_output
+        features = torch.cat(model.model.get_image_features(pixels, grid).pooler_output)
         inputs = {
             **{k: v.to(DEVICE) for k, v in tokens.items()},
             "pixel_values": pixels,
@@ -101,9 +106,12 @@ def _ours_outputs(ours_dir: Path, media: dict, tokens: dict) -> tuple[torch.Tens
     model = load(ours_dir, dtype=torch.bfloat16, device=DEVICE, verify=True)
     pixels, grid = media["pixel_values"].to(DEVICE, torch.bfloat16), media["image_grid_thw"].to(DEVICE)
     with torch.no_grad():
-        features = model.visual(pixels, grid)
+        features = torch.cat(model.get_image_features(pixels, grid).pooler_output)
         inputs = dict(
-            attention_mask=tokens["attention_mask"].to(DEVICE), pixel_values=pixels, image_grid_thw=grid
+            attention_mask=tokens["attention_mask"].to(DEVICE),
+            mm_token_type_ids=tokens["mm_token_type_ids"].to(DEVICE),
+            pixel_values=pixels,
+            image_grid_thw=grid,
         )
         logits = model(tokens["input_ids"].to(DEVICE), **inputs).logits
         greedy = generate(model, tokens["input_ids"].to(DEVICE), **inputs, max_new_tokens=NEW_TOKENS)
