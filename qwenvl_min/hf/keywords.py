@@ -49,7 +49,11 @@ _PACKED = "packed sequences are not supported: pad the batch and pass attention_
 _TRAINING_LOSS = (
     "the loss is the mean over the counted labels of this batch; scale it yourself for accumulation"
 )
-_NO_EXPERTS = "these models have no mixture-of-experts layers"
+_NO_EXPERTS = (
+    "router logits are taps here: read model.taps(read=['text.layers.{i}.mlp.router']) on a Qwen3-VL-MoE "
+    "model, (B, T, experts) per sparse layer (the auxiliary load-balancing loss is not implemented; the "
+    "other families have no experts)"
+)
 
 FORWARD = {
     "past_key_values": "pass cache=, a qwenvl_min KVCache; use_cache=True starts one and returns it in .cache",

@@ -126,3 +126,20 @@ def test_other_names_get_a_spelling_hint_or_the_list_of_keywords():
     # the model still runs, and positional misuse is still Python's own error
     with torch.no_grad():
         assert ours(**prompt.hf()).logits.shape[:2] == prompt.input_ids.shape
+
+
+def test_output_router_logits_points_at_the_router_taps_that_exist():
+    """Qwen3-VL-MoE: transformers' output_router_logits is refused with the tap path, and that path reads
+    the router logits of every sparse layer."""
+    cfg = tiny_config("qwen3_vl_moe", False)
+    _, ours = build_pair(cfg, seed=0)
+    prompt = make_prompt(cfg, [[3, ("image", (1, 8, 8)), 2]], seed=1)
+    with pytest.raises(
+        UnsupportedKeyword, match=r"output_router_logits: router logits are taps .*mlp\.router"
+    ):
+        ours(**prompt.hf(), output_router_logits=True)
+    names = [f"text.layers.{i}.mlp.router" for i in cfg.text.moe.sparse_layers]
+    with torch.no_grad(), ours.taps(read=names) as taps:
+        ours(**prompt.hf())
+    b, t = prompt.input_ids.shape
+    assert [tuple(taps.cache[n].shape) for n in names] == [(b, t, cfg.text.moe.num_experts)] * len(names)
