@@ -1,8 +1,10 @@
 """`qwenvl-min demo`: the main job on an embedded default, no download.
 
-A tiny Qwen2.5-VL (or Qwen2-VL) with seeded random weights, a generated picture and a six-frame video,
-followed through the model: resize, grid, patches, windows, merged tokens, 3-D positions, per-stage
-timings, a few generated tokens, and PNGs of the tiling and of one vision block's attention.
+A tiny Qwen2.5-VL (or Qwen2-VL, Qwen3-VL) with seeded random weights, a generated picture and a six-frame
+video, followed through the model: resize, grid, patches, windows, merged tokens, 3-D positions, per-stage
+timings, a few generated tokens, and PNGs of the tiling and of one vision block's attention. Each family is
+preprocessed by its own processor rules (Qwen3-VL: patch 16, mean / std 0.5, its video sampling; its video
+is one vision block per temporal patch, without the timestamp text a tokenizer would add).
 """
 
 from __future__ import annotations
@@ -16,17 +18,11 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ..inputs.preprocess import (
-    IMAGE_MAX_PIXELS,
-    IMAGE_MIN_PIXELS,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_PIXELS,
-    preprocess_image,
-    preprocess_video,
-    smart_resize,
-)
+from ..inputs import video_qwen3
+from ..inputs.checkpoint_settings import VisionSettings, family_settings
+from ..inputs.preprocess import preprocess_image, preprocess_video
 from ..interp.taps import SegmentMaps
-from ..model.config import Config
+from ..model.config import QWEN3, Config
 from ..model.positions import get_rope_index
 from ..model.qwenvl import QwenVL
 from ..utils import console
@@ -110,6 +106,7 @@ def _position_summary(config: Config, ids: Tensor, positions: Tensor) -> list[st
 def _demo_pictures(
     out: Path,
     config: Config,
+    settings: VisionSettings,
     image_in: dict[str, Tensor],
     video_in: dict[str, Tensor],
     maps: SegmentMaps,
@@ -127,10 +124,13 @@ def _demo_pictures(
     )
 
     v = config.vision
+    mean, std = settings.normalization
     grid = tuple(image_in["image_grid_thw"][0].tolist())
-    pixels = frames_from_patches(image_in["pixel_values"], grid)[0]
+    pixels = frames_from_patches(
+        image_in["pixel_values"], grid, v.patch_size, image_mean=mean, image_std=std
+    )[0]
     caption = [
-        f"{config.name}: {grid[1]}x{grid[2]} patches of 14 px -> {grid[1] * grid[2] // 4} tokens",
+        f"{config.name}: {grid[1]}x{grid[2]} patches of {v.patch_size} px -> {grid[1] * grid[2] // 4} tokens",
         "thin: patches  bright: 2x2 merge blocks"
         + ("  colour: attention windows" if v.family == "qwen2_5_vl" else ""),
     ]
@@ -141,13 +141,15 @@ def _demo_pictures(
         out / "demo_attention.png",
         out / "demo_video_tiling.png",
     ]
-    draw_tiling(pixels, grid[1:], window_merged=window, caption=caption).save(written[1])
+    draw_tiling(pixels, grid[1:], patch_size=v.patch_size, window_merged=window, caption=caption).save(
+        written[1]
+    )
 
     n = grid[1] * grid[2]
     dense = maps.dense(n).mean(0)  # (N, N) mean over heads, input row order
     centre = (grid[1] // 2, grid[2] // 2)
     query = patch_row_index(grid, *centre)
-    full = v.family == "qwen2_vl" or block in v.fullatt_block_indexes
+    full = v.is_full_attention(block)
     kind = "full attention" if full else "window attention"
     panels = []
     for values, marker, what, extra in (
@@ -162,6 +164,7 @@ def _demo_pictures(
                 grid_values,
                 vmin=vmin,
                 vmax=vmax,
+                patch_size=v.patch_size,
                 marker=marker,
                 caption=[
                     f"{config.name} (random weights): vision block {block} ({kind}), mean over {v.num_heads} heads",
@@ -173,13 +176,52 @@ def _demo_pictures(
     side_by_side(*panels).save(written[2])
 
     vgrid = tuple(video_in["video_grid_thw"][0].tolist())
-    first = frames_from_patches(video_in["pixel_values_videos"], vgrid)[0]
+    first = frames_from_patches(
+        video_in["pixel_values_videos"], vgrid, v.patch_size, image_mean=mean, image_std=std
+    )[0]
     vcaption = [
         f"video frame 0 of {frame_count}: {vgrid[1]}x{vgrid[2]} patches, {vgrid[0]} temporal patches",
         f"-> {vgrid[0] * vgrid[1] * vgrid[2] // 4} tokens",
     ]
-    draw_tiling(first, vgrid[1:], window_merged=window, caption=vcaption).save(written[3])
+    draw_tiling(first, vgrid[1:], patch_size=v.patch_size, window_merged=window, caption=vcaption).save(
+        written[3]
+    )
     return written
+
+
+def _preprocess(
+    image: Image.Image,
+    frames: list[Image.Image],
+    fps: float,
+    image_settings: VisionSettings,
+    video_settings: VisionSettings,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The image and the video through their family's processor rules (what `Processor` does with a
+    checkpoint that ships no processor files)."""
+    mean, std = image_settings.normalization
+    image_in = preprocess_image(
+        image,
+        min_pixels=image_settings.min_pixels,
+        max_pixels=image_settings.max_pixels,
+        patch_size=image_settings.patch_size,
+        image_mean=mean,
+        image_std=std,
+    )
+    if video_settings.family == "qwen3":  # time goes into the prompt as text, not second_per_grid_ts
+        video_in, _ = video_qwen3.preprocess_video(
+            frames,
+            fps=fps,
+            min_pixels=video_settings.min_pixels,
+            max_pixels=video_settings.max_pixels,
+            patch_size=video_settings.patch_size,
+            image_mean=mean,
+            image_std=std,
+        )
+    else:
+        video_in = preprocess_video(
+            frames, fps=fps, min_pixels=video_settings.min_pixels, max_pixels=video_settings.max_pixels
+        )
+    return image_in, video_in
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -199,24 +241,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # preprocess
     image, frames, fps = demo_image(), demo_video(), 2.0
     image.save(out / "demo_input.png")
+    family = "qwen3" if config.model_type in QWEN3 else "qwen2"  # whose processor rules
+    image_settings, video_settings = family_settings(family, False), family_settings(family, True)
     t0 = time.perf_counter()
-    image_in = preprocess_image(image)
-    video_in = preprocess_video(frames, fps=fps)
+    image_in, video_in = _preprocess(image, frames, fps, image_settings, video_settings)
     t_pre = time.perf_counter() - t0
-    for what, size, inputs, grid_key, budget in (
-        ("image", image.size, image_in, "image_grid_thw", (IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)),
-        ("video", frames[0].size, video_in, "video_grid_thw", (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)),
+    factor = v.patch_size * v.merge_size
+    for what, size, inputs, grid_key, settings in (
+        ("image", image.size, image_in, "image_grid_thw", image_settings),
+        ("video", frames[0].size, video_in, "video_grid_thw", video_settings),
     ):
         grid = inputs[grid_key]
         t, h, w = grid[0].tolist()
         rows = inputs["pixel_values" if what == "image" else "pixel_values_videos"].shape
-        resized = smart_resize(size[1], size[0], v.patch_size * v.merge_size, *budget)
+        budget = (settings.min_pixels, settings.max_pixels)
+        if what == "video" and family == "qwen3":
+            budget_text = f"{budget[0]}..{budget[1]} px for the whole clip"  # Qwen3-VL's video budget
+        else:
+            budget_text = f"{budget[0]}..{budget[1]} px"
         source = f"{size[0]}x{size[1]} px" + (
             f", {len(frames)} frames @ {fps:g} fps" if what == "video" else ""
         )
         console.result(f"{what}: {source}")
         console.result(
-            f"  smart_resize      -> {resized[1]}x{resized[0]} px (multiples of 28; {budget[0]}..{budget[1]} px)"
+            f"  smart_resize      -> {w * v.patch_size}x{h * v.patch_size} px (multiples of {factor}; {budget_text})"
         )
         console.result(f"  grid (t, h, w)    {t} x {h} x {w} patches of {v.patch_size} px")
         console.result(f"  patches           {rows[0]} rows x {rows[1]} values")
@@ -263,6 +311,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     console.result(f"generated ids: {tokens}  (random weights: ids, not words)")
 
-    written = _demo_pictures(out, config, image_in, video_in, taps.cache[maps_name], block, len(frames))
+    written = _demo_pictures(
+        out, config, image_settings, image_in, video_in, taps.cache[maps_name], block, len(frames)
+    )
     console.status("wrote: %s", "  ".join(str(p) for p in written))
     return 0

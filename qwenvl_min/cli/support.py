@@ -36,7 +36,7 @@ from ..utils.mapped_files import report_bus_errors
 from ..utils.validate import guard_finite_hidden_states
 
 log = logging.getLogger(__name__)
-FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl"}  # demo models
+FAMILIES = {"qwen2.5-vl": "tiny-qwen2.5-vl", "qwen2-vl": "tiny-qwen2-vl", "qwen3-vl": "tiny-qwen3-vl"}  # demo
 # inspect: the released vision geometry of each family
 RELEASED = {"qwen2.5-vl": "qwen2.5-vl-7b", "qwen2-vl": "qwen2-vl-7b", "qwen3-vl": "qwen3-vl-8b"}
 

@@ -51,20 +51,23 @@ def checkpoint(tmp_path_factory) -> Path:
     return ours
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl"])
+# the 300x220 demo picture: multiples of 28 within HF's class default (3136..1003520 px), or, on
+# Qwen3-VL, multiples of 32 scaled up to its published minimum of 65536 px (288x224 would be 64512)
+DEMO_IMAGE = {
+    "qwen2.5-vl": ("-> 308x224 px", "1 x 16 x 22", "352 rows x 1176", "merged tokens     88"),
+    "qwen2-vl": ("-> 308x224 px", "1 x 16 x 22", "352 rows x 1176", "merged tokens     88"),
+    "qwen3-vl": ("-> 320x224 px", "1 x 14 x 20", "280 rows x 1536", "merged tokens     70"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(DEMO_IMAGE))
 def test_demo_prints_the_token_flow_and_writes_pictures(tmp_path, capsys, family):
     assert main(["demo", "--out", str(tmp_path), "--new-tokens", "3", "--family", family]) == 0
     out = capsys.readouterr().out
-    for expected in (
-        "smart_resize",
-        "-> 308x224 px",
-        "1 x 16 x 22",
-        "352 rows x 1176",
-        "merged tokens     88",
-        "delta",
-        "generated ids",
-    ):
+    for expected in ("smart_resize", *DEMO_IMAGE[family], "delta", "generated ids"):
         assert expected in out
+    if family == "qwen3-vl":  # the video's 3 temporal patches are 3 vision blocks in the prompt
+        assert out.count("  video ") == 3 and "for the whole clip" in out
     for name in ("demo_input.png", "demo_tiling.png", "demo_attention.png", "demo_video_tiling.png"):
         with Image.open(tmp_path / name) as image:
             assert image.width >= 300 and image.height >= 200
