@@ -10,7 +10,8 @@ model, about 1 s for the wide one; it counts against us).
     -> `safetensors.torch.save_file`. Clips: transformers' video processor needs torchvision, which cannot
     be installed beside the pinned CPU torch, so the loop samples and preprocesses clips with our
     `preprocess_video` (qwen-vl-utils' 2 fps) and only the tower and the save are transformers' work.
-(b) `qwenvl-min latents --workers W --batch-tokens N` (main() in this process; workers are forked).
+(b) `qwenvl-min latents --workers W [--batch-tokens N]` (main() in this process; workers are forked; without
+--batch-tokens the CLI's default pack size, which on a CPU depends on the tower's width).
 
 Models: `tiny` (the tiny Qwen2.5-VL preset: pipeline-bound, target ours <= 0.5x the loop's wall time) and
 `wide` (the Qwen2.5-VL-7B tower's width, heads, MLP and windows with `--wide-depth` blocks, full attention
@@ -44,6 +45,7 @@ from qwenvl_min.cli.main import main as cli
 from qwenvl_min.cli.support import load_model
 from qwenvl_min.inputs.input_lists import source_of
 from qwenvl_min.inputs.preprocess import IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS
+from qwenvl_min.latents.packing import default_batch_tokens
 from qwenvl_min.latents.prepare import InputPreparer, Recipe
 from qwenvl_min.weights_convert import our_state_dict_to_hf
 
@@ -172,11 +174,13 @@ def hf_loop(
 
 
 def ours(
-    checkpoint: Path, inputs: list[Path], out: Path, workers: int, batch_tokens: int, *extra: str
+    checkpoint: Path, inputs: list[Path], out: Path, workers: int, batch_tokens: int | None, *extra: str
 ) -> float:
     """`qwenvl-min latents` on the inputs; returns its wall time in seconds (its model load included)."""
     argv = ["latents", "-q", "--model", str(checkpoint), "--taps", "visual.merger", "--out", str(out)]
-    argv += ["--no-progress", "--workers", str(workers), "--batch-tokens", str(batch_tokens), *extra]
+    argv += ["--no-progress", "--workers", str(workers), *extra]
+    if batch_tokens is not None:
+        argv += ["--batch-tokens", str(batch_tokens)]
     started = time.perf_counter()
     code = cli([*argv, *map(str, inputs)])
     elapsed = time.perf_counter() - started
@@ -222,7 +226,11 @@ def run_case(kind: str, args: argparse.Namespace, root: Path, photos: list[Path]
         "photos": len(photos),
         "clips": len(clips),
         "workers": args.workers,
-        "batch_tokens": args.batch_tokens,
+        "batch_tokens": args.batch_tokens
+        if args.batch_tokens is not None
+        else default_batch_tokens(
+            model_config(kind, args.wide_depth).vision, torch.float32, torch.device("cpu")
+        ),
         "hf_s": hf_s,
         "ours_s": ours_s,
         "hf_all_s": hf_all,
@@ -245,7 +253,7 @@ def main() -> None:
     parser.add_argument("--wide-clips", type=int, default=1)
     parser.add_argument("--wide-depth", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the CLI's")
     parser.add_argument("--models", default="tiny,wide")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (fastest kept)")
     parser.add_argument("--out", type=Path, default=None)

@@ -5,7 +5,8 @@
     for item, tensors in extract_latents(model, inputs, ["visual.merger.input", "text.layers.20"]):
         tensors["visual.merger.input"]                            # (N, D) this input's rows
 
-`extract_latents` packs consecutive inputs into one forward under `batch_tokens` (patch rows per forward)
+`extract_latents` packs consecutive inputs into one forward under `batch_tokens` (patch rows per forward;
+None: `packing.default_batch_tokens`, 16384 on an accelerator, smaller on a CPU where big packs are slower)
 and `batch_size` (inputs per forward) and yields `(input, {tap name: value})` for every input, in the
 order given, each value the input's own part (`packing.Pack`), equal to a forward of that input alone
 within fp32 rounding (tests/latents/test_packing.py). How a pack runs:
@@ -32,10 +33,9 @@ from ..interp.taps import PROBS, Taps
 from ..model.attention import SegmentMaps
 from ..model.geometry import merged_to_grid, rows_to_grid
 from ..model.qwenvl import QwenVL
-from .packing import Pack, packs
+from .packing import Pack, default_batch_tokens, packs
 from .prepare import LatentInput
 
-DEFAULT_BATCH_TOKENS = 16384  # patch rows per forward: about 16 images of 448 x 448 (1024 rows each)
 DEFAULT_BATCH_SIZE = 32
 LAYOUTS = ("rows", "grid")
 
@@ -49,7 +49,7 @@ def extract_latents(
     inputs: Iterable[LatentInput],
     taps: Sequence[str],
     *,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     layout: str = "rows",
     errors: str = "raise",
@@ -68,6 +68,9 @@ def extract_latents(
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     decoder = not all(is_tower_tap(n) for n in names)
+    if batch_tokens is None:
+        weight = model.text.embed_tokens.weight
+        batch_tokens = default_batch_tokens(model.config.vision, weight.dtype, weight.device)
     for group in packs(inputs, batch_tokens, batch_size, decoder):
         try:
             yield from zip(group, _run(model, group, names, decoder, layout))

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..inputs.input_lists import InputSource, duplicate_names, expand_inputs
 from ..inputs.pipeline import Failed
-from .extract import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TOKENS, extract_latents
+from .extract import DEFAULT_BATCH_SIZE, extract_latents
 from .prepare import InputPreparer, LatentInput, Recipe
 from .records import record_metadata, run_settings, safetensors_bytes, stored_tensors
 from .shards import sample_key
@@ -68,7 +68,7 @@ class LatentsExtractor:
         dtype: str | None = None,
         recipe: Recipe | None = None,
         layout: str = "rows",
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         from ..hf.pretrained import from_pretrained

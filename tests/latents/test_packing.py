@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 from qwenvl_min import Config, QwenVL
 from qwenvl_min.inputs.pipeline import Failed
 from qwenvl_min.latents.extract import extract_latents
-from qwenvl_min.latents.packing import pack_cost, packs
+from qwenvl_min.latents.packing import (
+    ACCELERATOR_BATCH_TOKENS,
+    CPU_ACTIVATION_BYTES,
+    default_batch_tokens,
+    pack_cost,
+    packs,
+)
 from qwenvl_min.latents.prepare import LatentInput, vision_only_ids
 from qwenvl_min.model.attention import SegmentMaps
 from qwenvl_min.model.geometry import merged_coordinates, patch_coordinates
@@ -195,3 +201,35 @@ def test_an_input_the_model_refuses_is_found_inside_its_pack():
     assert isinstance(results[2], Failed) and results[2].source is items[2] and "finite" in results[2].error
     with pytest.raises(ValueError, match="finite"):
         list(extract_latents(model, items, ["visual.merger"]))
+
+
+def test_default_pack_size_keeps_cpu_activations_under_the_mmap_threshold():
+    """On a CPU the widest per-row activation (fused qkv 3 D, or the MLP's hidden width) times the rows of a
+    default pack stays within 32 MiB, and one more row would not; an accelerator gets 16384 rows."""
+    cpu, gpu = torch.device("cpu"), torch.device("meta")  # any non-CPU device type counts as an accelerator
+    for preset in ("qwen2.5-vl-7b", "qwen2-vl-7b", "qwen3-vl-8b", "tiny-qwen2.5-vl"):
+        vision = Config.preset(preset).vision
+        assert default_batch_tokens(vision, torch.float32, gpu) == ACCELERATOR_BATCH_TOKENS
+        for dtype in (torch.float32, torch.bfloat16):
+            rows = default_batch_tokens(vision, dtype, cpu)
+            row_bytes = max(3 * vision.width, vision.mlp_hidden) * dtype.itemsize
+            assert rows * row_bytes <= CPU_ACTIVATION_BYTES
+            assert rows == ACCELERATOR_BATCH_TOKENS or (rows + 1) * row_bytes > CPU_ACTIVATION_BYTES
+    # Qwen2.5-VL-7B in fp32: 32 MiB / (3840 x 4 B) = 2184 rows, one 640x480 photo (34 x 46 = 1564 rows)
+    seven_b = Config.preset("qwen2.5-vl-7b").vision
+    assert default_batch_tokens(seven_b, torch.float32, cpu) == 2184
+    assert default_batch_tokens(Config.preset("tiny-qwen2.5-vl").vision, torch.float32, cpu) == 16384
+
+
+def test_extract_latents_uses_the_default_pack_size(model, monkeypatch):
+    """batch_tokens=None packs by `default_batch_tokens` of the model's tower, dtype and device."""
+    seen = []
+    real = packs
+
+    def spy(items, batch_tokens, batch_size, decoder):
+        seen.append(batch_tokens)
+        return real(items, batch_tokens, batch_size, decoder)
+
+    monkeypatch.setattr("qwenvl_min.latents.extract.packs", spy)
+    list(extract_latents(model, [], ["visual.merger"]))
+    assert seen == [default_batch_tokens(model.config.vision, torch.float32, torch.device("cpu"))]
