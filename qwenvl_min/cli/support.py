@@ -25,6 +25,7 @@ from ..inputs.preprocess import (
     preprocess_image,
 )
 from ..inputs.vision_messages import PreparedVision, prepare_vision
+from ..latents.prepare import pixel_range, vision_only_ids
 from ..model.config import Config
 from ..model.dispatch import KERNELS_ENV, resolve_kernels
 from ..model.geometry import window_unit_order
@@ -70,18 +71,6 @@ class VideoFlags:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> VideoFlags:
         return cls(args.fps, args.num_frames, args.max_frames, args.total_pixels)
-
-
-def pixel_range(
-    min_pixels: int | None, max_pixels: int | None, default_min: int, default_max: int
-) -> tuple[int, int]:
-    """Per kind: an explicit flag wins over the default (the checkpoint's, else the library's); a max below
-    the default min lowers the min to it (an explicit min above an explicit max is still an error)."""
-    high = default_max if max_pixels is None else max_pixels
-    low = default_min if min_pixels is None else min_pixels
-    if min_pixels is None and max_pixels is not None:
-        low = min(low, max_pixels)
-    return low, high
 
 
 def image_inputs(
@@ -178,8 +167,6 @@ def vision_prompt(config: Config, inputs: dict[str, Tensor]) -> Tensor:
     """(1, T) ids holding just the vision blocks, <|vision_start|> pads <|vision_end|> each: what `latents`
     runs (no tokenizer needed) and what the demo's prompt is built around; images then videos, each as
     `latents.prepare.vision_only_ids` writes it (Qwen3-VL videos: one block per temporal patch)."""
-    from ..latents.prepare import vision_only_ids
-
     blocks = [torch.empty(0, dtype=torch.int64)]
     for kind in ("image", "video"):
         for grid in inputs.get(f"{kind}_grid_thw", torch.empty(0, 3)):

@@ -89,7 +89,9 @@ class LatentInput:
 def pixel_range(
     min_pixels: int | None, max_pixels: int | None, default_min: int, default_max: int
 ) -> tuple[int, int]:
-    """An explicit flag wins over the default; a max below the default min lowers the min to it."""
+    """Per kind: an explicit flag wins over the default (the checkpoint's, else the family's); a max below
+    the default min lowers the min to it (an explicit min above an explicit max is still an error). The
+    CLI's flags and `Recipe` follow this one rule."""
     high = default_max if max_pixels is None else max_pixels
     low = default_min if min_pixels is None else min_pixels
     if min_pixels is None and max_pixels is not None:
