@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..generate.settings import model_defaults
+from ..inputs.settings_inputs import image_inputs
 from ..interp.attention_maps import (
     AnswerAttention,
     answer_attention,
@@ -38,7 +39,7 @@ from ..model.qwenvl import QwenVL
 from ..utils import console
 from ..utils.fs import write_atomic
 from .options import add_model
-from .support import CliError, check_input_file, image_inputs, is_video, load_model
+from .support import CliError, check_input_file, is_video, load_model
 
 JSON_NAME = "attend.json"
 

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ..inputs import video_qwen3
 from ..inputs.checkpoint_settings import VisionSettings, family_settings
-from ..inputs.preprocess import preprocess_image, preprocess_video
+from ..inputs.preprocess import preprocess_video
+from ..inputs.settings_inputs import image_inputs
 from ..interp.taps import SegmentMaps
 from ..model.config import QWEN3, Config
 from ..model.positions import get_rope_index
@@ -198,15 +199,8 @@ def _preprocess(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The image and the video through their family's processor rules (what `Processor` does with a
     checkpoint that ships no processor files)."""
-    mean, std = image_settings.normalization
-    image_in = preprocess_image(
-        image,
-        min_pixels=image_settings.min_pixels,
-        max_pixels=image_settings.max_pixels,
-        patch_size=image_settings.patch_size,
-        image_mean=mean,
-        image_std=std,
-    )
+    image_in = image_inputs(image, None, None, None, image_settings)
+    mean, std = video_settings.normalization
     if video_settings.family == "qwen3":  # time goes into the prompt as text, not second_per_grid_ts
         video_in, _ = video_qwen3.preprocess_video(
             frames,

@@ -25,6 +25,7 @@ from ..inputs.preprocess import (
     load_rgb,
 )
 from ..inputs.qwen_vl_rules import VIDEO_MAX_TOKENS, VIDEO_MIN_TOKENS, frame_pixel_budget
+from ..inputs.settings_inputs import pixel_range
 from ..model.config import QWEN3, Config, ConfigError
 from ..utils import console
 from ..utils.fs import write_atomic
@@ -35,7 +36,6 @@ from .support import (
     CliError,
     VideoFlags,
     is_video,
-    pixel_range,
     preprocess,
     vision_prompt,
     window_summary,

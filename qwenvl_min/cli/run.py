@@ -20,11 +20,12 @@ from ..generate.compiled import COMPILE_MODES, DEBUG_BACKENDS, resolve_mode
 from ..generate.settings import model_defaults
 from ..generate.text_stream import TextStream
 from ..inputs.preprocess import concat_outputs
+from ..inputs.settings_inputs import image_inputs
 from ..parallel.launch import launched_distributed
 from ..utils import console
 from ..utils.validate import check_sampling
 from .options import FEWER_TOKENS, add_model, add_pixel_budget
-from .support import CliError, VideoFlags, check_input_file, image_inputs, load_model, prepared_video
+from .support import CliError, VideoFlags, check_input_file, load_model, prepared_video
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,18 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
 from ..inputs.checkpoint_settings import VisionSettings, family_settings, image_settings, video_settings
 from ..inputs.input_lists import VIDEO_SUFFIXES
-from ..inputs.preprocess import (
-    IMAGE_MAX_PIXELS,
-    IMAGE_MIN_PIXELS,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_PIXELS,
-    preprocess_image,
-)
-from ..inputs.vision_messages import PreparedVision, prepare_vision
-from ..latents.prepare import pixel_range, vision_only_ids
+from ..inputs.settings_inputs import image_inputs, sampled_video
+from ..inputs.vision_messages import PreparedVision
+from ..latents.prepare import vision_only_ids
 from ..model.config import Config
 from ..model.dispatch import KERNELS_ENV, resolve_kernels
 from ..model.geometry import window_unit_order
@@ -73,45 +66,16 @@ class VideoFlags:
         return cls(args.fps, args.num_frames, args.max_frames, args.total_pixels)
 
 
-def image_inputs(
-    path: str | os.PathLike[str],
-    min_pixels: int | None,
-    max_pixels: int | None,
-    max_tokens: int | None = None,
-    settings: VisionSettings | None = None,
-) -> dict[str, Tensor]:
-    """An image file -> the model's image kwargs. None: the checkpoint's processor settings when given
-    (`settings`), else the library's default pixel budget (see `pixel_range`)."""
-    settings = settings or VisionSettings(IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
-    low, high = pixel_range(min_pixels, max_pixels, settings.min_pixels, settings.max_pixels)
-    mean, std = settings.normalization
-    return preprocess_image(
-        path,
-        min_pixels=low,
-        max_pixels=high,
-        patch_size=settings.patch_size,
-        temporal_patch_size=settings.temporal_patch_size,
-        merge_size=settings.merge_size,
-        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
-        image_mean=mean,
-        image_std=std,
-    )
-
-
 def video_inputs(
     path: str | os.PathLike[str],
     min_pixels: int | None,
     max_pixels: int | None,
-    max_tokens: int | None = None,
-    settings: VisionSettings | None = None,
+    max_tokens: int | None,
+    settings: VisionSettings,
     flags: VideoFlags = VideoFlags(),
 ) -> dict[str, Tensor]:
-    """A video file -> the model's video kwargs, sampled and sized by qwen-vl-utils' rules (what the model
-    cards' pipeline feeds the model: 2 fps, 128..768 tokens a frame, a total-pixel cap for long videos),
-    changed only by the flags. The checkpoint's settings give the patch / merge sizes and the family
-    (Qwen3-VL: normalized with mean / std 0.5, no second_per_grid_ts; its prompt needs `prepared_video`'s
-    timestamps)."""
-    settings = settings or VisionSettings(VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS)
+    """A video file -> the model's video kwargs (`prepared_video`, normalized by the settings' family:
+    Qwen3-VL's mean / std 0.5 and no second_per_grid_ts; its prompt needs `prepared_video`'s timestamps)."""
     vision = prepared_video(path, min_pixels, max_pixels, max_tokens, settings, flags)
     return vision.model_inputs(settings.family)
 
@@ -124,23 +88,18 @@ def prepared_video(
     settings: VisionSettings,
     flags: VideoFlags = VideoFlags(),
 ) -> PreparedVision:
-    """The sampled, resized frames of a video file (see `video_inputs`), before normalization."""
-    item: dict[str, object] = {"type": "video", "video": os.fspath(path)}
-    options = {
-        "fps": flags.fps,
-        "nframes": flags.num_frames,
-        "max_frames": flags.max_frames,
-        "total_pixels": flags.total_pixels,
-        "min_pixels": min_pixels,
-        "max_pixels": max_pixels,
-    }
-    item |= {k: v for k, v in options.items() if v is not None}
-    return prepare_vision(
-        [{"role": "user", "content": [item]}],
-        patch_size=settings.patch_size,
-        merge_size=settings.merge_size,
-        temporal_patch_size=settings.temporal_patch_size,
-        max_tokens=DEFAULT_MAX_VISION_TOKENS if max_tokens is None else max_tokens,
+    """The sampled, resized frames of a video file by qwen-vl-utils' rules, changed only by the flags
+    (`inputs.settings_inputs.sampled_video`), before normalization."""
+    return sampled_video(
+        path,
+        min_pixels,
+        max_pixels,
+        max_tokens,
+        settings,
+        fps=flags.fps,
+        num_frames=flags.num_frames,
+        max_frames=flags.max_frames,
+        total_pixels=flags.total_pixels,
     )
 
 

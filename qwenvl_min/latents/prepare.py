@@ -28,8 +28,8 @@ from ..inputs.budget import DEFAULT_MAX_VISION_TOKENS
 from ..inputs.checkpoint_settings import family_settings, image_settings, video_settings
 from ..inputs.input_lists import InputSource
 from ..inputs.media_sources import FetchLimits, image_source
-from ..inputs.preprocess import preprocess_image
-from ..inputs.vision_messages import SampledVideo, prepare_vision
+from ..inputs.settings_inputs import image_inputs, sampled_video
+from ..inputs.vision_messages import SampledVideo
 from ..model.config import QWEN3, Config
 
 VIDEO_RULES = "qwen-vl-utils 0.0.14"  # part of a video's resume key (see `records`)
@@ -84,19 +84,6 @@ class LatentInput:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> LatentInput:
         moved = {k: t.to(device, non_blocking=non_blocking) for k, t in self.vision.items()}
         return replace(self, input_ids=self.input_ids.to(device, non_blocking=non_blocking), vision=moved)
-
-
-def pixel_range(
-    min_pixels: int | None, max_pixels: int | None, default_min: int, default_max: int
-) -> tuple[int, int]:
-    """Per kind: an explicit flag wins over the default (the checkpoint's, else the family's); a max below
-    the default min lowers the min to it (an explicit min above an explicit max is still an error). The
-    CLI's flags and `Recipe` follow this one rule."""
-    high = default_max if max_pixels is None else max_pixels
-    low = default_min if min_pixels is None else min_pixels
-    if min_pixels is None and max_pixels is not None:
-        low = min(low, max_pixels)
-    return low, high
 
 
 def video_timing(
@@ -187,40 +174,22 @@ class InputPreparer:
         return LatentInput(source.name, ids, vision, metadata)
 
     def _image(self, source: InputSource) -> dict[str, Tensor]:
-        r, settings = self.recipe, self.image
-        low, high = pixel_range(r.min_pixels, r.max_pixels, settings.min_pixels, settings.max_pixels)
+        r = self.recipe
         image = image_source(source.location, FetchLimits()) if source.is_url else source.location
-        mean, std = settings.normalization
-        return preprocess_image(
-            image,
-            min_pixels=low,
-            max_pixels=high,
-            patch_size=settings.patch_size,
-            temporal_patch_size=settings.temporal_patch_size,
-            merge_size=settings.merge_size,
-            max_tokens=self.max_tokens,
-            image_mean=mean,
-            image_std=std,
-        )
+        return image_inputs(image, r.min_pixels, r.max_pixels, self.max_tokens, self.image)
 
     def _video(self, source: InputSource) -> tuple[dict[str, Tensor], dict[str, Any]]:
         r, settings = self.recipe, self.video
-        item: dict[str, Any] = {"type": "video", "video": source.location}
-        options = {
-            "fps": r.fps,
-            "nframes": r.num_frames,
-            "max_frames": r.max_frames,
-            "total_pixels": r.total_pixels,
-            "min_pixels": r.min_pixels,
-            "max_pixels": r.max_pixels,
-        }
-        item |= {k: v for k, v in options.items() if v is not None}
-        prepared = prepare_vision(
-            [{"role": "user", "content": [item]}],
-            patch_size=settings.patch_size,
-            merge_size=settings.merge_size,
-            temporal_patch_size=settings.temporal_patch_size,
-            max_tokens=self.max_tokens,
+        prepared = sampled_video(
+            source.location,
+            r.min_pixels,
+            r.max_pixels,
+            self.max_tokens,
+            settings,
+            fps=r.fps,
+            num_frames=r.num_frames,
+            max_frames=r.max_frames,
+            total_pixels=r.total_pixels,
         )
         vision = prepared.model_inputs(settings.family)
         if settings.family == "qwen3":  # time goes into the prompt as each temporal patch's timestamp
