@@ -30,8 +30,9 @@ class VisionFeatures:
 
     last_hidden_state: Tensor  # (N, D) the merger's input: patch features after the last block, row order
     pooler_output: tuple[Tensor, ...]  # per image / video, (M_i, E) its merged features
-    # output_hidden_states: depth + 1 tensors (N, D), the patch embeddings then each block's output (row
-    # order); the last equals last_hidden_state (the tower has no final norm)
+    # output_hidden_states: depth + 1 tensors (N, D), the first block's input (the patch embeddings, plus
+    # Qwen3-VL's learned positions) then each block's output (row order); the last equals
+    # last_hidden_state (the tower has no final norm)
     hidden_states: tuple[Tensor, ...] | None = None
     # Qwen3-VL: per DeepStack level, per image / video, (M_i, E); None for the families without DeepStack
     deepstack_features: tuple[tuple[Tensor, ...], ...] | None = None
